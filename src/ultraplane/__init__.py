@@ -1,0 +1,3 @@
+"""ultraplane: a self-hostable Kubernetes control plane."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from ultraplane.cli.main import main
+
+raise SystemExit(main())

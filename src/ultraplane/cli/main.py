@@ -1,0 +1,47 @@
+"""The `ultraplane` command: one entry point, a subcommand per component."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ultraplane import __version__
+from ultraplane.cli import store as store_cmd
+from ultraplane.cli import up as up_cmd
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+               "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ultraplane",
+        description=(
+            "ultraplane: a self-hostable Kubernetes control plane. Today it serves the etcd v3 API "
+            "from an in-memory MVCC store made durable by an append-only journal."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"ultraplane {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    store_cmd.add_parser(sub)
+    up_cmd.add_parser(sub)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=_LOG_LEVELS.get(level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    configure_logging(getattr(args, "log_level", "info"))
+    return int(args.run(args) or 0)
