@@ -98,9 +98,8 @@ class ServerThread:
             self.loop.close()
 
     async def _main(self) -> None:
-        from ultraplane.journal.file import FileJournal
-
         from ultraplane.etcd.service import etcd_methods
+        from ultraplane.journal.file import FileJournal
         from ultraplane.store import Store
         from ultraplane.store.auth import AuthStore, ScryptParams
 
