@@ -1,4 +1,4 @@
-"""Engine throughput (not a test): python tests/store/bench_engine.py [N] [--profile]
+"""Engine throughput (not a test): python bench/store_engine_bench.py [N] [--profile]
 
 Puts go through the real FileJournal with fsync off, from `CONC` concurrent writers (a
 server has many clients in flight); gets are latest-revision single-key reads."""
