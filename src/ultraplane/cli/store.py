@@ -197,6 +197,7 @@ class StoreServer:
         self.store = None
         self.auth = None
         self.listeners: list = []
+        self.opened = False
 
     async def start(self) -> None:
         from ultraplane.etcd.service import etcd_methods
@@ -224,6 +225,7 @@ class StoreServer:
         self.auth = AuthStore(self.store)
         self.store.attach(self.auth)
         await self.store.open()
+        self.opened = True
         if cfg.compaction_retention not in ("", "0"):
             self.store.start_auto_compaction(cfg.compaction_mode, cfg.compaction_retention)
         methods = etcd_methods(
@@ -254,17 +256,20 @@ class StoreServer:
     async def stop(self) -> None:
         for listener in self.listeners:
             await listener.close()
-        if self.store is not None:
+        if self.opened:
             await self.store.close()
         log.info("stopped")
 
 
 async def serve_until_signalled(config: StoreConfig, after_start=None) -> int:
+    from ultraplane.journal.file import JournalError
+
     server = StoreServer(config)
     try:
         await server.start()
-    except UsageError as exc:
-        log.error("%s", exc)
+    except (UsageError, JournalError, OSError) as exc:
+        # a refused flag, a data dir in use or damaged, a port taken: say so, no traceback
+        log.error("cannot start: %s", exc)
         await server.stop()
         return 1
     if after_start is not None:
