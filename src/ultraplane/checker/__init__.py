@@ -1,0 +1,45 @@
+"""Correctness tooling: a linearizability checker, a watch-guarantee checker, and recorders.
+
+``linearizability``  Wing & Gong / Lowe style search over a recorded KV history (etcd model)
+``watch``            ordering, uniqueness, atomicity, gap, prev_kv and cross-member checks
+``history``          grpc.aio helpers that record histories and watch streams from an endpoint
+"""
+
+from ultraplane.checker.linearizability import (
+    CheckResult,
+    Cmp,
+    Delete,
+    DeleteOutput,
+    Get,
+    GetOutput,
+    KVState,
+    Operation,
+    Put,
+    PutOutput,
+    Txn,
+    TxnOutput,
+    check_history,
+    initial_state,
+)
+from ultraplane.checker.watch import WatchCheckResult, WatchEvent, WatchStream, check_watches
+
+__all__ = [
+    "CheckResult",
+    "Cmp",
+    "Delete",
+    "DeleteOutput",
+    "Get",
+    "GetOutput",
+    "KVState",
+    "Operation",
+    "Put",
+    "PutOutput",
+    "Txn",
+    "TxnOutput",
+    "WatchCheckResult",
+    "WatchEvent",
+    "WatchStream",
+    "check_history",
+    "initial_state",
+    "check_watches",
+]
