@@ -192,8 +192,11 @@ def read_snapshot_file(path: Path) -> bytes:
 class StoreServer:
     """The running store: journal, MVCC engine, auth, and the gRPC listeners over them."""
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, before_serve=None) -> None:
         self.config = config
+        # Runs once the store is open and before any listener accepts a client, so that
+        # setup such as enabling auth leaves no window in which the store is served open.
+        self.before_serve = before_serve
         self.store = None
         self.auth = None
         self.listeners: list = []
@@ -228,6 +231,8 @@ class StoreServer:
         self.opened = True
         if cfg.compaction_retention not in ("", "0"):
             self.store.start_auto_compaction(cfg.compaction_mode, cfg.compaction_retention)
+        if self.before_serve is not None:
+            await self.before_serve(self)
         methods = etcd_methods(
             self.store, self.auth, cluster_id=cluster_id, member_id=member_id, member_name=cfg.name,
             client_urls=cfg.advertise, max_request_bytes=cfg.max_request_bytes,
@@ -261,10 +266,10 @@ class StoreServer:
         log.info("stopped")
 
 
-async def serve_until_signalled(config: StoreConfig, after_start=None) -> int:
+async def serve_until_signalled(config: StoreConfig, after_start=None, before_serve=None) -> int:
     from ultraplane.journal.file import JournalError
 
-    server = StoreServer(config)
+    server = StoreServer(config, before_serve)
     try:
         await server.start()
     except (UsageError, JournalError, OSError) as exc:
@@ -284,10 +289,10 @@ async def serve_until_signalled(config: StoreConfig, after_start=None) -> int:
     return 0
 
 
-def run_until_signalled(config: StoreConfig, after_start=None) -> int:
+def run_until_signalled(config: StoreConfig, after_start=None, before_serve=None) -> int:
     try:
         import uvloop
 
-        return uvloop.run(serve_until_signalled(config, after_start))
+        return uvloop.run(serve_until_signalled(config, after_start, before_serve))
     except ImportError:  # uvloop is optional on platforms without it
-        return asyncio.run(serve_until_signalled(config, after_start))
+        return asyncio.run(serve_until_signalled(config, after_start, before_serve))

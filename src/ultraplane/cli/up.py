@@ -70,9 +70,11 @@ def run(args: argparse.Namespace) -> int:
         tls_files=TlsFiles.load(str(serving.cert), str(serving.key), str(ca.cert), client_cert_auth=True),
     )
 
-    async def after_start(server: StoreServer) -> None:
+    async def before_serve(server: StoreServer) -> None:
         if not args.anonymous:
             await ensure_root_auth(server)
+
+    async def after_start(server: StoreServer) -> None:
         console = Console(stderr=True)
         console.print(f"[bold green]ultraplane is up[/] — etcd v3 API at https://{args.host}:{args.etcd_port}")
         console.print(
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     try:
-        return run_until_signalled(config, after_start)
+        return run_until_signalled(config, after_start, before_serve)
     except UsageError as exc:
         log.error("%s", exc)
         return 1
