@@ -68,7 +68,12 @@ class NatsCluster:
     """Three (or ``size``) nats-server processes forming one JetStream cluster on 127.0.0.1."""
 
     def __init__(self, base_dir: str, *, size: int = 3, binary: str = "nats-server",
-                 max_file_store: str = "1G", max_memory_store: str = "64M") -> None:
+                 max_file_store: str = "1G", max_memory_store: str = "64M",
+                 client_ports: Sequence[int] | None = None) -> None:
+        """``client_ports``: fixed client ports, one per node (their number sets the size);
+        default: free ports picked now (route and monitoring ports are always picked)."""
+        if client_ports is not None:
+            size = len(client_ports)
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         found = shutil.which(binary)
@@ -79,8 +84,8 @@ class NatsCluster:
         self.max_file_store = max_file_store
         self.max_memory_store = max_memory_store
         self.nodes = [
-            NatsNode(i, f"ultraplane-az{i + 1}", free_port(), free_port(), free_port(),
-                     os.path.join(self.base_dir, f"node{i + 1}"))
+            NatsNode(i, f"ultraplane-az{i + 1}", client_ports[i] if client_ports else free_port(),
+                     free_port(), free_port(), os.path.join(self.base_dir, f"node{i + 1}"))
             for i in range(size)
         ]
 

@@ -7,6 +7,8 @@ import logging
 import sys
 
 from ultraplane import __version__
+from ultraplane.cli import natscluster as natscluster_cmd
+from ultraplane.cli import partitions as partitions_cmd
 from ultraplane.cli import store as store_cmd
 from ultraplane.cli import up as up_cmd
 
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     store_cmd.add_parser(sub)
     up_cmd.add_parser(sub)
+    partitions_cmd.add_parser(sub)
+    natscluster_cmd.add_parser(sub)
     return parser
 
 
