@@ -257,3 +257,34 @@ async def test_two_snapshots_kept_purge_behind_the_older(cluster: NatsCluster, s
     assert rec.snapshot is not None and rec.snapshot.read() == b"s2"
     assert list(rec.records) == [b"3", b"4"]
     await j2.close()
+
+
+async def test_follower_tails_then_claims_and_fences_the_old_writer(cluster: NatsCluster, stream_name: str) -> None:
+    """fetch_next() follows another instance's appends; claim() makes the follower the writer
+    and fences the old one even though the old one had not been told anything."""
+    writer = journal(cluster, stream_name)
+    await writer.open_async()
+    follower = journal(cluster, stream_name)
+    await follower.open_async()
+    assert await follower.fetch_next() is None  # nothing yet
+    await asyncio.gather(*(writer.append(f"r{i}".encode()) for i in range(50)))
+    tailed: list[bytes] = []
+    while (got := await follower.fetch_next()) is not None:
+        seq, records = got
+        tailed += records
+        assert seq <= writer.last_stream_seq
+    assert tailed == [f"r{i}".encode() for i in range(50)]
+    assert follower.last_stream_seq == writer.last_stream_seq
+    assert await follower.remote_last_seq() == writer.last_stream_seq
+
+    claim_seq = await follower.claim()
+    assert claim_seq > writer.last_stream_seq
+    with pytest.raises(JournalFenced):
+        await writer.append(b"stale")
+    await follower.append(b"new")  # the new writer appends after its claim
+    await follower.close()
+    await writer.close()
+    # recovery sees the old writer's records and the new one's, not the fenced one
+    again = journal(cluster, stream_name)
+    assert list((await again.open_async()).records) == tailed + [b"new"]
+    await again.close()

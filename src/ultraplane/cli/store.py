@@ -94,6 +94,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--client-cert-auth", action="store_true",
                         help="require client certificates signed by --trusted-ca-file; the certificate's "
                              "common name is the user when auth is enabled")
+    parser.add_argument("--journal", default="",
+                        help="where the journal lives: empty (default) for the local file journal under "
+                             "--data-dir, or nats://host:port,nats://host:port,... to share a replicated "
+                             "NATS JetStream journal with every member started with the same --journal "
+                             "and --partition")
+    parser.add_argument("--partition", default="default",
+                        help="with a NATS --journal: the replicated store (keyspace) this member serves")
+    parser.add_argument("--journal-replicas", type=int, default=3,
+                        help="with a NATS --journal: copies of the stream, KV and snapshot buckets")
+    parser.add_argument("--journal-stream", default="ULTRAPLANE",
+                        help="with a NATS --journal: the JetStream stream holding every partition's journal")
+    parser.add_argument("--snapshot-count", type=int, default=100_000,
+                        help="records appended between snapshots (also taken once 64 MiB accumulate)")
     parser.add_argument("--restore", metavar="FILE", default=None,
                         help="initialize an empty --data-dir from a snapshot taken with "
                              "`etcdctl snapshot save`, then serve")
@@ -137,6 +150,11 @@ class StoreConfig:
     ssl_context: ssl.SSLContext | None
     restore: Path | None = None
     tls_files: TlsFiles | None = None  # the same TLS material as bytes, for the grpcio transport
+    journal_urls: list[str] | None = None  # a NATS journal (replicated members); None: the file journal
+    partition: str = "default"
+    journal_replicas: int = 3
+    journal_stream: str = "ULTRAPLANE"
+    snapshot_count: int = 100_000
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> StoreConfig:
@@ -149,7 +167,21 @@ class StoreConfig:
             if args.client_cert_auth and not args.trusted_ca_file:
                 raise UsageError("--client-cert-auth requires --trusted-ca-file")
             ctx = server_context(args.cert_file, args.key_file, args.trusted_ca_file or None, args.client_cert_auth)
+        journal_urls = None
+        journal = getattr(args, "journal", "") or ""
+        if journal:
+            journal_urls = [part.strip() for part in journal.split(",") if part.strip()]
+            bad = [u for u in journal_urls if not u.startswith(("nats://", "tls://"))]
+            if bad or not journal_urls:
+                raise UsageError(f"invalid value {journal!r} for flag --journal: want nats://host:port,...")
+            if getattr(args, "restore", None):
+                raise UsageError("--restore works only with the file journal")
         return cls(
+            journal_urls=journal_urls,
+            partition=getattr(args, "partition", "default"),
+            journal_replicas=getattr(args, "journal_replicas", 3),
+            journal_stream=getattr(args, "journal_stream", "ULTRAPLANE"),
+            snapshot_count=getattr(args, "snapshot_count", 100_000),
             name=args.name,
             data_dir=Path(args.data_dir or f"{args.name}.etcd"),
             listen=listen,
@@ -201,6 +233,7 @@ class StoreServer:
         self.auth = None
         self.listeners: list = []
         self.opened = False
+        self.member = None  # the ReplicaMember, with a NATS journal
 
     async def start(self) -> None:
         from ultraplane.etcd.service import etcd_methods
@@ -210,6 +243,9 @@ class StoreServer:
 
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.journal_urls:
+            await self._start_replica()
+            return
         journal_dir = cfg.data_dir / "journal"
         snapshot = None
         if cfg.restore is not None:
@@ -243,6 +279,38 @@ class StoreServer:
         log.info("ready to serve client requests on %s (revision %d)",
                  ", ".join(f"{u.scheme}://{u.host}:{u.port}" for u in cfg.listen), self.store.revision)
 
+    async def _start_replica(self) -> None:
+        """A member of a replicated store over a NATS JetStream journal (ultraplane.replica)."""
+        from ultraplane.replica import ReplicaConfig, ReplicaMember
+        from ultraplane.store import Store
+        from ultraplane.store.auth import AuthStore
+
+        cfg = self.config
+        assert cfg.journal_urls is not None
+        _, member_id = member_identity(cfg.data_dir, cfg.name)
+
+        def make_store(journal):
+            store = Store(journal, quota_bytes=cfg.quota_bytes, snapshot_records=cfg.snapshot_count)
+            auth = AuthStore(store)
+            store.attach(auth)
+            return store, auth
+
+        self.member = ReplicaMember(
+            ReplicaConfig(urls=cfg.journal_urls, partition=cfg.partition, stream=cfg.journal_stream,
+                          replicas=cfg.journal_replicas, member_id=member_id, member_name=cfg.name,
+                          client_urls=cfg.advertise),
+            make_store, max_request_bytes=cfg.max_request_bytes,
+        )
+        methods = await self.member.start()
+        self.opened = True
+        self.store, self.auth = self.member.store, self.member.auth
+        for url in cfg.listen:
+            ctx = cfg.ssl_context if url.tls else None
+            self.listeners.append(await self._listen(methods, url, ctx))
+        log.info("ready to serve client requests on %s (replicated partition %s, revision %d)",
+                 ", ".join(f"{u.scheme}://{u.host}:{u.port}" for u in cfg.listen), cfg.partition,
+                 self.member.store.revision)
+
     async def _listen(self, methods: dict, url: ListenURL, ctx: ssl.SSLContext | None):
         max_recv = self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
         if self.config.transport == "grpcio":
@@ -261,7 +329,9 @@ class StoreServer:
     async def stop(self) -> None:
         for listener in self.listeners:
             await listener.close()
-        if self.opened:
+        if self.member is not None:
+            await self.member.close()
+        elif self.opened:
             await self.store.close()
         log.info("stopped")
 

@@ -94,9 +94,13 @@ class _Watcher:
 
 
 class WatchSession:
+    @property
+    def store(self) -> Any:
+        # the service's current store: a replica replaces its Store when it rebuilds state
+        return self.service.store
+
     def __init__(self, service: EtcdService, ctx: CallContext) -> None:
         self.service = service
-        self.store = service.store
         self.ctx = ctx
         self.out: asyncio.Queue[Any] = asyncio.Queue()
         self.watchers: dict[int, _Watcher] = {}

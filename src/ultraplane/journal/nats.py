@@ -562,6 +562,69 @@ class NatsJournal:
             if not future.done():
                 future.set_exception(error)
 
+    # ------------------------------------------------------------------------------ replicas
+
+    async def fetch_next(self) -> tuple[int, list[bytes]] | None:
+        """For a replica that tails the journal another member writes: the next message on our
+        subject after the last one this journal knows, as (stream sequence, records), or None
+        if there is none yet. Positions advance as if this instance had appended it, so a
+        replica that becomes the writer appends (and is fenced) from exactly there.
+
+        Asks the stream leader (not a direct get, which a lagging replica could answer).
+        Raises JournalCorrupt if records are missing (purged behind a snapshot this replica
+        never loaded): the caller must recover afresh."""
+        self._check_usable()
+        if self._js is None:
+            raise JournalError("fetch_next() needs a journal opened with open_async()")
+        js = self._js
+        after = self._last_subject_seq
+        try:
+            raw = await js.get_msg(self.stream, seq=after + 1, subject=self.subject, next=True)
+        except NotFoundError:
+            return None
+        seq = int(raw.seq or 0)
+        data = bytes(raw.data or b"")
+        first, records = decode_batch(data)
+        if first != self._durable_no + 1 or seq <= after:
+            raise JournalCorrupt(
+                f"journal {self.subject}: message {seq} starts at record {first}, expected "
+                f"{self._durable_no + 1} (purged behind a snapshot, or a foreign writer)")
+        self._durable_no = self._appended_no = first + len(records) - 1
+        self._last_subject_seq = seq
+        self._messages.append((seq, len(data)))
+        self._message_bytes += len(data)
+        self._bytes_since_snapshot += len(data)
+        return seq, records
+
+    async def remote_last_seq(self) -> int:
+        """The stream sequence of the newest message on our subject, asked of the stream
+        leader (the read index of a linearizable read on a replica)."""
+        if self._js is None:
+            raise JournalError("remote_last_seq() needs a journal opened with open_async()")
+        js = self._js
+        try:
+            msg = await js.get_last_msg(self.stream, self.subject)
+        except NotFoundError:
+            return 0
+        return int(msg.seq or 0)
+
+    async def claim(self) -> int:
+        """Become the writer: publish an empty batch conditioned on the last message this
+        journal knows. Once it lands, any older writer still holding an earlier position is
+        fenced, whether or not it has appended since. Raises JournalFenced if someone
+        appended after our position. Returns the claim's stream sequence."""
+        self._check_usable()
+        if self._pending_records or self._writer_task is not None:
+            raise JournalError("claim() must come before the first append")
+        if self._js is None:
+            self._nc, self._js = await self._connect()
+        payload = encode_batch(self._durable_no + 1, [])
+        seq = await self._publish(payload, f"{self.writer_id}-claim")
+        self._last_subject_seq = seq
+        self._messages.append((seq, len(payload)))
+        self._message_bytes += len(payload)
+        return seq
+
     # ---------------------------------------------------------------------------- snapshots
 
     def snapshot_due(self) -> bool:

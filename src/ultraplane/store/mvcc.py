@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from sortedcontainers import SortedList
 
-from ultraplane.journal.base import Journal
+from ultraplane.journal.base import Journal, Recovery
 from ultraplane.store import codec
 from ultraplane.store.errors import (
     Compacted,
@@ -274,6 +274,7 @@ class Store:
         self._compact_trim: asyncio.Task[None] | None = None
         self._opened = False
         self._failed: BaseException | None = None
+        self._successor: Store | None = None  # set by hand_over_watchers
 
     # ================================================================ lifecycle
     def attach(self, machine: StateMachine) -> None:
@@ -281,23 +282,55 @@ class Store:
             raise RuntimeError("attach state machines before open()")
         self._machines[machine.name] = machine
 
-    async def open(self) -> None:
-        recovery = self._journal.open()
+    async def open(self, recovery: Recovery | None = None, *, lease_expiry: bool = True) -> None:
+        """Rebuild state from the journal (or from ``recovery``, already read from it).
+
+        ``lease_expiry=False`` opens a replica that only applies what another member decided:
+        it expires no leases until ``start_lease_expiry()`` (when it becomes the writer)."""
+        if recovery is None:
+            recovery = self._journal.open()
         if recovery.snapshot is not None:
             self._load_snapshot(recovery.snapshot)
         for rec in recovery.records:
             self._replay(rec)
         self._trim_all(self._compact_rev)
         self._committed = self._rev
-        # etcd refreshes every lease to its full TTL when a leader takes over
+        self._opened = True
+        if lease_expiry:
+            self.start_lease_expiry()
+
+    def start_lease_expiry(self) -> None:
+        """Refresh every lease to its full TTL and start expiring them (etcd does the same when
+        a leader takes over: the new leader cannot know how long the old one had counted)."""
         now = self._clock()
         self._lease_heap = []
         for lease in self._leases.values():
             lease.expiry = now + lease.ttl
             self._lease_heap.append((lease.expiry, lease.id))
         heapq.heapify(self._lease_heap)
-        self._opened = True
         self._background.append(asyncio.get_running_loop().create_task(self._lease_loop()))
+
+    def apply_replicated(self, records: Iterable[bytes]) -> None:
+        """Apply records another member appended (a replica tailing the journal), exactly as
+        recovery does, and make them visible at once: they are durable already."""
+        for rec in records:
+            self._replay(rec)
+        if self._rev > self._committed:
+            self._commit(self._rev)
+
+    def hand_over_watchers(self, successor: Store) -> None:
+        """This store is being replaced by ``successor`` (a replica rebuilt from the journal,
+        holding at least every revision this one committed): every watcher continues there
+        from the revision it has reached. Call before close(), which would end them."""
+        self._successor = successor
+        for w in list(self._range_watchers) + [w for ws in self._key_watchers.values() for w in ws]:
+            self._unregister(w)
+            w._wake()
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the store stopped accepting writes (its journal failed or was fenced), or None."""
+        return self._failed
 
     async def close(self) -> None:
         for task in self._background:

@@ -99,6 +99,8 @@ class Watcher:
     async def __anext__(self) -> list[Event]:
         store = self._store
         while True:
+            if store._successor is not None:
+                store = self._move_to(store)
             if self._closed or self.compact_revision:
                 raise StopAsyncIteration
             if self._buf:
@@ -124,6 +126,17 @@ class Watcher:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def _move_to(self, store: Store) -> Store:
+        """The store was replaced (a replica rebuilt its state): continue from the same
+        revision on its successor, catching up from its history."""
+        while store._successor is not None:
+            store._unregister(self)
+            store = store._successor
+        self._store = store
+        if self.next_rev < store._revlog_base and not self._closed:
+            self._compacted(max(store._compact_rev, store._revlog_base - 1))
+        return store
 
     def close(self) -> None:
         if not self._closed:
