@@ -24,11 +24,13 @@ class Up:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        self.api_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*ultraplane_command(), "up", "--data-dir", str(self.data_dir), "--etcd-port", str(self.port)],
+            [*ultraplane_command(), "up", "--data-dir", str(self.data_dir), "--etcd-port", str(self.port),
+             "--secure-port", str(self.api_port)],
             env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ultraplane import __version__
+from ultraplane.cli import apiserver as apiserver_cmd
 from ultraplane.cli import natscluster as natscluster_cmd
 from ultraplane.cli import partitions as partitions_cmd
 from ultraplane.cli import store as store_cmd
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     store_cmd.add_parser(sub)
     up_cmd.add_parser(sub)
+    apiserver_cmd.add_parser(sub)
     partitions_cmd.add_parser(sub)
     natscluster_cmd.add_parser(sub)
     return parser

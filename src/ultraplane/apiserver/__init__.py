@@ -1,0 +1,1 @@
+"""The Kubernetes API server: storage interface, generic registry, HTTP server and built-in resources."""

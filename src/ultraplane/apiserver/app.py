@@ -1,0 +1,687 @@
+"""The API server application: authentication, authorization, routing, discovery and REST verbs.
+
+``ApiServer.handle`` takes a parsed HTTP request (server.py) and returns a response. Layers:
+
+1. authenticate: verified client certificate (CN = user, O = groups) or a bearer token from the
+   static token file; anonymous only when enabled.
+2. parse the path into kube's RequestInfo (verb, group, version, namespace, resource, name,
+   subresource).
+3. authorize: ``system:masters`` may do everything (RBAC comes later); others get kube's 403.
+4. serve: discovery / openapi / version / health, or the generic registry (registry.py) with the
+   resource's Strategy, then encode the result as JSON, a Table or PartialObjectMetadata.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ultraplane.apiserver import errors
+from ultraplane.apiserver.errors import ApiError
+from ultraplane.apiserver.registry import (
+    ListOptions,
+    Obj,
+    Registry,
+    Strategy,
+    WriteOptions,
+    get_path,
+    set_path,
+)
+from ultraplane.apiserver.server import Request, Response
+
+log = logging.getLogger("ultraplane.apiserver")
+
+DISCOVERY_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+KUBE_VERSION = "v1.32.0"
+PUBLIC_PATHS = {"/healthz", "/livez", "/readyz", "/version"}
+SELF_REVIEWS = {"selfsubjectaccessreviews", "selfsubjectrulesreviews", "selfsubjectreviews"}
+SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "scale": ["get", "patch", "update"],
+                     "binding": ["create"], "finalize": ["update"]}
+
+
+@dataclass
+class User:
+    name: str
+    groups: list[str]
+    uid: str = ""
+
+
+@dataclass
+class RequestInfo:
+    verb: str
+    api_prefix: str  # "api" | "apis"
+    group: str
+    version: str
+    namespace: str
+    resource: str
+    name: str
+    subresource: str
+
+
+def load_token_file(path: str | None) -> dict[str, User]:
+    """kube's --token-auth-file: token,user,uid,"group1,group2" per line."""
+    tokens: dict[str, User] = {}
+    if not path:
+        return tokens
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) < 2 or row[0].startswith("#"):
+                continue
+            groups = [g for g in (row[3].split(",") if len(row) > 3 else []) if g]
+            tokens[row[0]] = User(row[1], groups, row[2] if len(row) > 2 else "")
+    return tokens
+
+
+def served_version() -> str:
+    try:
+        from ultraplane.apiserver import openapi
+
+        version = getattr(openapi, "SERVED_VERSION", KUBE_VERSION)
+        if version.endswith(".x"):
+            version = version[:-2] + ".0"
+        return version
+    except ImportError:
+        return KUBE_VERSION
+
+
+def version_info() -> dict[str, Any]:
+    import platform
+
+    version = served_version()
+    major, minor = version.lstrip("v").split(".")[:2]
+    return {"major": major, "minor": minor, "gitVersion": f"{version}-ultraplane",
+            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": f"python{platform.python_version()}",
+            "compiler": "cpython", "platform": f"{platform.system().lower()}/{_arch()}"}
+
+
+def _arch() -> str:
+    import platform
+
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def json_response(status: int, body: Any) -> Response:
+    return Response(status, orjson.dumps(body))
+
+
+def with_warnings(response: Response, wo: WriteOptions) -> Response:
+    for text in wo.warnings:
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        response.headers.append(("Warning", f'299 - "{escaped}"'))
+    return response
+
+
+def error_response(exc: ApiError) -> Response:
+    return Response(exc.code, orjson.dumps(exc.status))
+
+
+DURATION_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30,
+                    45, 60)
+
+
+class Metrics:
+    """The request metrics kube-apiserver exports, in Prometheus text format (names and labels as kube's)."""
+
+    def __init__(self) -> None:
+        self.inflight = {False: 0, True: 0}
+        self.requests: dict[tuple[str, ...], int] = {}
+        self.durations: dict[tuple[str, ...], list[float]] = {}  # per-bucket counts + [sum, count]
+
+    def observe(self, info: RequestInfo | None, code: int, seconds: float) -> None:
+        if info is None:
+            labels = ("", "", "", "", "", "", "")
+        else:
+            scope = "resource" if info.name else "namespace" if info.namespace else "cluster"
+            verb = {"list": "LIST", "watch": "WATCH", "get": "GET", "create": "POST", "update": "PUT",
+                    "patch": "PATCH", "delete": "DELETE", "deletecollection": "DELETE"}.get(info.verb, info.verb)
+            labels = (verb, info.group, info.version, info.resource, info.subresource, scope)
+        key = (*labels[:6], str(code))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        buckets = self.durations.get(labels[:6])
+        if buckets is None:
+            buckets = self.durations[labels[:6]] = [0.0] * (len(DURATION_BUCKETS) + 2)
+        buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # cumulated when rendered
+        buckets[-2] += seconds
+        buckets[-1] += 1
+
+    def render(self) -> bytes:
+        names = ("verb", "group", "version", "resource", "subresource", "scope")
+        out = ["# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, dry run "
+               "value, group, version, resource, scope, component, and HTTP response code.",
+               "# TYPE apiserver_request_total counter"]
+        for key, count in sorted(self.requests.items()):
+            labels = ",".join(f'{n}="{v}"' for n, v in zip((*names, "code"), key, strict=True))
+            out.append(f'apiserver_request_total{{component="apiserver",{labels}}} {count}')
+        out += ["# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb, "
+                "dry run value, group, version, resource, subresource, scope and component.",
+                "# TYPE apiserver_request_duration_seconds histogram"]
+        for key, buckets in sorted(self.durations.items()):
+            labels = ",".join(f'{n}="{v}"' for n, v in zip(names, key, strict=True))
+            cumulative = 0
+            for bound, count in zip(DURATION_BUCKETS, buckets, strict=False):
+                cumulative += int(count)
+                out.append(f'apiserver_request_duration_seconds_bucket{{component="apiserver",{labels},'
+                           f'le="{bound}"}} {cumulative}')
+            out.append(f'apiserver_request_duration_seconds_bucket{{component="apiserver",{labels},le="+Inf"}} '
+                       f'{int(buckets[-1])}')
+            out.append(f'apiserver_request_duration_seconds_sum{{component="apiserver",{labels}}} {buckets[-2]}')
+            out.append(f'apiserver_request_duration_seconds_count{{component="apiserver",{labels}}} '
+                       f'{int(buckets[-1])}')
+        out += ["# HELP apiserver_current_inflight_requests Maximal number of currently used inflight request "
+                "limit of this apiserver per request kind in last second.",
+                "# TYPE apiserver_current_inflight_requests gauge",
+                f'apiserver_current_inflight_requests{{request_kind="mutating"}} {self.inflight[True]}',
+                f'apiserver_current_inflight_requests{{request_kind="readOnly"}} {self.inflight[False]}']
+        return ("\n".join(out) + "\n").encode()
+
+
+class ApiServer:
+    def __init__(self, registry: Registry, *, tokens: dict[str, User] | None = None, anonymous: bool = False,
+                 address: str = "127.0.0.1:6443") -> None:
+        self.registry = registry
+        self.tokens = tokens or {}
+        self.anonymous = anonymous
+        self.address = address
+        self.schemas = None
+        self.by_resource: dict[tuple[str, str, str], Strategy] = registry.strategies
+        self.groups: dict[str, list[str]] = {}
+        for (group, version, _plural) in registry.strategies:
+            versions = self.groups.setdefault(group, [])
+            if version not in versions:
+                versions.append(version)
+        self._discovery_cache: dict[str, bytes] = {}
+        self._version_body = orjson.dumps(version_info())
+        self.metrics = Metrics()
+
+    def load_schemas(self) -> None:
+        try:
+            from ultraplane.apiserver import openapi
+
+            self.schemas = openapi.Schemas.load()
+            self.registry.schemas = self.schemas  # type: ignore[attr-defined]
+        except Exception:
+            log.warning("OpenAPI schemas unavailable; /openapi and strategic merge metadata are off", exc_info=True)
+
+    # ================================================================ entry point
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        mutating = request.method not in ("GET", "HEAD")
+        self.metrics.inflight[mutating] += 1
+        info_holder: list[RequestInfo | None] = [None]
+        try:
+            user = self.authenticate(request)
+            response = await self.route(request, user, info_holder)
+        except ApiError as exc:
+            response = error_response(exc)
+        finally:
+            self.metrics.inflight[mutating] -= 1
+        self.metrics.observe(info_holder[0], response.status, time.perf_counter() - started)
+        return response
+
+    def authenticate(self, request: Request) -> User:
+        cert = request.peer_cert
+        if cert:
+            name = ""
+            groups: list[str] = []
+            for rdn in cert.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        name = value
+                    elif key == "organizationName":
+                        groups.append(value)
+            if name:
+                return User(name, [*groups, "system:authenticated"])
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            user = self.tokens.get(auth[7:].strip())
+            if user is None:
+                raise errors.unauthorized()
+            return User(user.name, [*user.groups, "system:authenticated"], user.uid)
+        if self.anonymous:
+            return User("system:anonymous", ["system:unauthenticated"])
+        raise errors.unauthorized()
+
+    def authorize(self, user: User, info: RequestInfo | None, request: Request) -> None:
+        if "system:masters" in user.groups:
+            return
+        if info is not None and info.verb == "create" and info.resource in SELF_REVIEWS \
+                and "system:authenticated" in user.groups:
+            return  # kube's system:basic-user role: anyone may ask what they may do and who they are
+        if info is None:
+            if request.path in PUBLIC_PATHS or request.path.startswith(("/healthz", "/livez", "/readyz")):
+                return
+            if "system:authenticated" in user.groups and (
+                    request.path.startswith(("/api", "/openapi")) and request.method == "GET"):
+                return
+            raise errors.forbidden(f'forbidden: User "{user.name}" cannot {request.method.lower()} path '
+                                   f'"{request.path}"')
+        resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
+        where = f'in the namespace "{info.namespace}"' if info.namespace and self._namespaced(info) \
+            else "at the cluster scope"
+        subject = f'{info.resource} "{info.name}" is forbidden' if info.name else f"{info.resource} is forbidden"
+        if info.group:
+            qualified = f"{info.resource}.{info.group}"
+            subject = f'{qualified} "{info.name}" is forbidden' if info.name else f"{qualified} is forbidden"
+        raise errors.forbidden(f'{subject}: User "{user.name}" cannot {info.verb} resource "{resource}" in API '
+                               f'group "{info.group}" {where}', info.group, info.resource, info.name)
+
+    def _namespaced(self, info: RequestInfo) -> bool:
+        s = self.by_resource.get((info.group, info.version, info.resource))
+        return s is None or s.namespaced
+
+    # ================================================================ routing
+    async def route(self, request: Request, user: User, info_holder: list[RequestInfo | None]) -> Response:
+        path = request.path
+        parts = [p for p in path.split("/") if p]
+        info = self.request_info(request, parts)
+        info_holder[0] = info
+        self.authorize(user, info, request)
+        if info is None:
+            return self.non_resource(request, parts)
+        s = self.by_resource.get((info.group, info.version, info.resource))
+        if s is None:
+            raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
+        return await self.serve_resource(request, info, s, user)
+
+    def request_info(self, request: Request, parts: list[str]) -> RequestInfo | None:
+        if not parts or parts[0] not in ("api", "apis"):
+            return None
+        if parts[0] == "api":
+            if len(parts) < 3:
+                return None
+            group, version, rest = "", parts[1], parts[2:]
+        else:
+            if len(parts) < 4:
+                return None
+            group, version, rest = parts[1], parts[2], parts[3:]
+        namespace = ""
+        if rest[0] == "namespaces" and len(rest) > 1:
+            namespace = rest[1]
+            if len(rest) > 2 and rest[2] not in ("status", "finalize"):
+                rest = rest[2:]
+        resource = rest[0]
+        name = rest[1] if len(rest) > 1 else ""
+        subresource = rest[2] if len(rest) > 2 else ""
+        if resource == "namespaces" and not subresource:
+            namespace = ""
+        method = request.method
+        watch = request.query.get("watch", "") in ("true", "1")
+        if method == "GET":
+            verb = "watch" if watch else "get" if name else "list"
+        elif method == "POST":
+            verb = "create"
+        elif method == "PUT":
+            verb = "update"
+        elif method == "PATCH":
+            verb = "patch"
+        elif method == "DELETE":
+            verb = "delete" if name else "deletecollection"
+        else:
+            raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+        return RequestInfo(verb, parts[0], group, version, namespace, resource, name, subresource)
+
+    # ================================================================ non-resource endpoints
+    def non_resource(self, request: Request, parts: list[str]) -> Response:
+        path = request.path.rstrip("/") or "/"
+        if path == "/version":
+            return Response(200, self._version_body)
+        if path == "/metrics":
+            return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
+            return Response(200, b"ok", "text/plain; charset=utf-8")
+        accept = request.headers.get("accept", "")
+        aggregated = "as=APIGroupDiscoveryList" in accept
+        if path == "/api":
+            if aggregated:
+                return Response(200, self.discovery_v2(core=True), DISCOVERY_V2)
+            return json_response(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}]})
+        if path == "/apis":
+            if aggregated:
+                return Response(200, self.discovery_v2(core=False), DISCOVERY_V2)
+            return json_response(200, {"kind": "APIGroupList", "apiVersion": "v1",
+                                       "groups": [self.api_group(g) for g in self.groups if g]})
+        if path == "/api/v1":
+            return json_response(200, self.resource_list("", "v1"))
+        if len(parts) == 2 and parts[0] == "apis" and parts[1] in self.groups:
+            return json_response(200, {"kind": "APIGroup", "apiVersion": "v1", **self.api_group(parts[1])})
+        if len(parts) == 3 and parts[0] == "apis" and parts[2] in self.groups.get(parts[1], []):
+            return json_response(200, self.resource_list(parts[1], parts[2]))
+        if parts and parts[0] == "openapi":
+            return self.openapi(parts, request.headers.get("accept", ""))
+        raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
+
+    def openapi(self, parts: list[str], accept: str = "") -> Response:
+        if self.schemas is None:
+            raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
+        if parts == ["openapi", "v2"]:
+            # kubectl's client-side validation (e.g. of a `kind: List`) asks for the protobuf document
+            if "application/com.github.proto-openapi.spec.v2" in accept:
+                return Response(200, self.schemas.openapi_v2_protobuf(),
+                                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+            return Response(200, self.schemas.openapi_v2_json())
+        if parts == ["openapi", "v3"]:
+            return json_response(200, {"paths": self.schemas.openapi_v3_paths()})
+        if len(parts) > 2 and parts[1] == "v3":
+            body = self.schemas.openapi_v3_json("/".join(parts[2:]))
+            if body is not None:
+                return Response(200, body)
+        raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
+
+    def api_group(self, group: str) -> dict[str, Any]:
+        versions = [{"groupVersion": f"{group}/{v}", "version": v} for v in self.groups[group]]
+        return {"name": group, "versions": versions, "preferredVersion": versions[0]}
+
+    def resource_list(self, group: str, version: str) -> dict[str, Any]:
+        resources: list[dict[str, Any]] = []
+        for s in self.registry.strategies.values():
+            if s.group != group or s.version != version:
+                continue
+            entry: dict[str, Any] = {"name": s.plural, "singularName": s.singular, "namespaced": s.namespaced,
+                                     "kind": s.kind, "verbs": list(s.verbs)}
+            if s.short_names:
+                entry["shortNames"] = s.short_names
+            if s.categories:
+                entry["categories"] = s.categories
+            resources.append(entry)
+            for sub in s.subresources:
+                sub_entry: dict[str, Any] = {"name": f"{s.plural}/{sub}", "singularName": "",
+                                             "namespaced": s.namespaced, "kind": s.kind,
+                                             "verbs": SUBRESOURCE_VERBS[sub]}
+                if sub == "scale":
+                    sub_entry.update(group="autoscaling", version="v1", kind="Scale")
+                elif sub == "binding":
+                    sub_entry["kind"] = "Binding"
+                resources.append(sub_entry)
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}".lstrip("/"),
+                "resources": resources}
+
+    def discovery_v2(self, core: bool) -> bytes:
+        key = "core" if core else "groups"
+        cached = self._discovery_cache.get(key)
+        if cached is not None:
+            return cached
+        items = []
+        for group, versions in self.groups.items():
+            if (group == "") != core:
+                continue
+            version_entries = []
+            for version in versions:
+                resources = []
+                for s in self.registry.strategies.values():
+                    if s.group != group or s.version != version:
+                        continue
+                    entry: dict[str, Any] = {
+                        "resource": s.plural,
+                        "responseKind": {"group": s.group, "version": s.version, "kind": s.kind},
+                        "scope": "Namespaced" if s.namespaced else "Cluster",
+                        "singularResource": s.singular, "verbs": list(s.verbs)}
+                    if s.short_names:
+                        entry["shortNames"] = s.short_names
+                    if s.categories:
+                        entry["categories"] = s.categories
+                    subs = []
+                    for sub in s.subresources:
+                        kind = {"group": s.group, "version": s.version, "kind": s.kind}
+                        if sub == "scale":
+                            kind = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
+                        elif sub == "binding":
+                            kind = {"group": "", "version": "v1", "kind": "Binding"}
+                        subs.append({"subresource": sub, "responseKind": kind, "verbs": SUBRESOURCE_VERBS[sub]})
+                    if subs:
+                        entry["subresources"] = subs
+                    resources.append(entry)
+                version_entries.append({"version": version, "resources": resources, "freshness": "Current"})
+            items.append({"metadata": {"name": group, "creationTimestamp": None}, "versions": version_entries})
+        body = orjson.dumps({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+                             "metadata": {}, "items": items})
+        self._discovery_cache[key] = body
+        return body
+
+    # ================================================================ resources
+    async def serve_resource(self, request: Request, info: RequestInfo, s: Strategy, user: User) -> Response:
+        reg = self.registry
+        q = request.query
+        ns = info.namespace if s.namespaced else ""
+        if s.namespaced and not ns and info.verb not in ("list", "watch", "deletecollection"):
+            raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
+        sub = info.subresource
+        if sub and sub not in s.subresources:
+            raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
+        accept = request.headers.get("accept", "")
+        verb = info.verb
+        wo = WriteOptions.from_query(q, request.headers.get("user-agent", "")) if verb in (
+            "create", "update", "patch", "delete", "deletecollection") else None
+        if verb == "get":
+            obj = await reg.get(s, ns, info.name)
+            if sub == "scale":
+                return json_response(200, self.scale_of(s, obj))
+            return self.encode_object(s, obj, accept, q)
+        if verb == "list":
+            result = await reg.list(s, ns, ListOptions.from_query(q))
+            return self.encode_list(s, result, accept, q)
+        if verb == "watch":
+            opts = ListOptions.from_query(q)
+            timeout = float(q.get("timeoutSeconds") or 1800)
+            stream = await reg.watch(s, ns, info.name, opts, bookmarks=q.get("allowWatchBookmarks") in ("true", "1"),
+                                     timeout=timeout)
+            table = "as=Table" in accept
+            if table:
+                stream = self.table_watch(s, stream, q)
+            return Response(200, content_type="application/json", stream=stream)
+        if s.create_handler is not None:
+            if verb != "create" or info.name:
+                raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+            body = self.decode_body(request, s.kind)
+            self.registry.check_type(s, body)
+            return json_response(201, s.create_handler(body, user))
+        if verb == "create":
+            body = self.decode_body(request, s.kind)
+            if sub == "binding":
+                return await self.bind(s, ns, info.name, body, wo)
+            if info.name and not sub:
+                raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+            obj = await reg.create(s, ns, body, wo)
+            return with_warnings(json_response(201, obj), wo)
+        if verb == "update":
+            body = self.decode_body(request, s.kind)
+            if sub == "scale":
+                return json_response(200, await self.update_scale(s, ns, info.name, lambda _scale: body, wo))
+            obj, created = await reg.update(s, ns, info.name, body, wo, subresource=sub)
+            return with_warnings(json_response(201 if created else 200, obj), wo)
+        if verb == "patch":
+            ctype = request.headers.get("content-type", "")
+            force = q.get("force") in ("true", "1")
+            if sub == "scale":
+                return json_response(200, await self.patch_scale(s, ns, info.name, ctype, request.body, wo))
+            obj, created = await reg.patch(s, ns, info.name, ctype, request.body, wo, subresource=sub, force=force)
+            return json_response(201 if created else 200, obj)
+        if verb == "delete":
+            options = self.delete_options(request)
+            body, code = await reg.delete(s, ns, info.name, options, wo)
+            return json_response(code, body)
+        if verb == "deletecollection":
+            options = self.delete_options(request)
+            return json_response(200, await reg.delete_collection(s, ns, ListOptions.from_query(q), options, wo))
+        raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+
+    @staticmethod
+    def decode_body(request: Request, kind: str = "Object") -> Obj:
+        body = request.body
+        ctype = request.headers.get("content-type", "application/json").split(";", 1)[0].strip()
+        if ctype == "application/vnd.kubernetes.protobuf":
+            from ultraplane.apiserver import protobuf
+
+            try:
+                return protobuf.decode_object(body)
+            except (protobuf.ProtobufError, KeyError, UnicodeDecodeError) as exc:
+                raise ApiError(errors.status(415, "UnsupportedMediaType", str(exc))) from exc
+        if ctype not in ("application/json", "application/yaml", "application/apply-patch+yaml", ""):
+            raise ApiError(errors.status(415, "UnsupportedMediaType",
+                                         'the body of the request was in an unknown format - accepted media types '
+                                         'include: application/json, application/yaml'))
+        try:
+            if ctype in ("application/yaml", "application/apply-patch+yaml"):
+                import yaml
+
+                obj = yaml.safe_load(body)
+            else:
+                obj = orjson.loads(body)
+        except Exception as exc:
+            raise errors.bad_request(f"the object provided is unrecognized (must be of type {kind}): couldn't get "
+                                     f"version/kind; json parse error: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise errors.bad_request(f"the object provided is unrecognized (must be of type {kind})")
+        return obj
+
+    @staticmethod
+    def delete_options(request: Request) -> Obj:
+        options: Obj = {}
+        if request.body:
+            try:
+                options = orjson.loads(request.body) or {}
+            except orjson.JSONDecodeError as exc:
+                raise errors.bad_request(f"invalid delete options: {exc}") from exc
+        q = request.query
+        if "propagationPolicy" in q:
+            options["propagationPolicy"] = q["propagationPolicy"]
+        if "gracePeriodSeconds" in q:
+            options["gracePeriodSeconds"] = int(q["gracePeriodSeconds"])
+        if q.get("dryRun") == "All":
+            options["dryRun"] = ["All"]
+        return options
+
+    # ---------------------------------------------------------------- encodings
+    def encode_object(self, s: Strategy, obj: Obj, accept: str, q: dict[str, str]) -> Response:
+        if "as=Table" in accept:
+            return json_response(200, self.table(s, [obj], obj["metadata"].get("resourceVersion", ""), q))
+        if "as=PartialObjectMetadata" in accept:
+            return json_response(200, self.partial(obj, "v1beta1" if "v=v1beta1" in accept else "v1"))
+        return json_response(200, obj)
+
+    def encode_list(self, s: Strategy, result: Obj, accept: str, q: dict[str, str]) -> Response:
+        if "as=Table" in accept:
+            table = self.table(s, result["items"], result["metadata"]["resourceVersion"], q)
+            for k in ("continue", "remainingItemCount"):
+                if k in result["metadata"]:
+                    table["metadata"][k] = result["metadata"][k]
+            return json_response(200, table)
+        if "as=PartialObjectMetadataList" in accept:
+            version = "v1beta1" if "v=v1beta1" in accept else "v1"
+            return json_response(200, {"kind": "PartialObjectMetadataList", "apiVersion": f"meta.k8s.io/{version}",
+                                       "metadata": result["metadata"],
+                                       "items": [self.partial(o, version) for o in result["items"]]})
+        return json_response(200, result)
+
+    @staticmethod
+    def partial(obj: Obj, version: str = "v1") -> Obj:
+        return {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}", "metadata": obj["metadata"]}
+
+    def table(self, s: Strategy, items: list[Obj], resource_version: str, q: dict[str, str]) -> Obj:
+        from ultraplane.apiserver.resources import AGE, NAME, age
+
+        now = dt.datetime.now(dt.UTC)
+        columns = s.columns or [NAME(), AGE()]
+        include = q.get("includeObject", "Metadata")
+        rows = []
+        for obj in items:
+            cells = s.row(obj, now) if s.row is not None else [obj["metadata"]["name"], age(obj, now)]
+            row: Obj = {"cells": cells}
+            if include == "Object":
+                obj.setdefault("kind", s.kind)
+                obj.setdefault("apiVersion", s.api_version)
+                row["object"] = obj
+            elif include != "None":
+                row["object"] = self.partial(obj)
+            rows.append(row)
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
+                "columnDefinitions": [c.definition() for c in columns], "rows": rows}
+
+    async def table_watch(self, s: Strategy, stream: Any, q: dict[str, str]) -> Any:
+        async for chunk in stream:
+            out = []
+            for line in chunk.splitlines():
+                event = orjson.loads(line)
+                obj = event["object"]
+                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    event["object"] = self.table(s, [obj], obj["metadata"].get("resourceVersion", ""), q)
+                out.append(orjson.dumps(event) + b"\n")
+            yield b"".join(out)
+
+    # ---------------------------------------------------------------- subresources
+    async def bind(self, s: Strategy, ns: str, name: str, body: Obj, wo: WriteOptions) -> Response:
+        target = (body.get("target") or {}).get("name", "")
+        pod_name = (body.get("metadata") or {}).get("name") or name
+        if not target:
+            raise errors.invalid("Binding", "", pod_name, [{"reason": "FieldValueRequired", "field": "target.name",
+                                                           "message": "Required value"}])
+
+        def assign(pod: Obj) -> Obj:
+            current = (pod.get("spec") or {}).get("nodeName")
+            if current:
+                raise errors.conflict("", "pods/binding", pod_name,
+                                      f'pod {pod_name} is already assigned to node "{current}"')
+            pod["spec"]["nodeName"] = target
+            return pod
+
+        await self.registry.guaranteed_update(s, ns, pod_name, assign, wo)
+        return json_response(201, errors.success_status())
+
+    def scale_of(self, s: Strategy, obj: Obj) -> Obj:
+        spec_path, status_path, selector_path = s.scale_path
+        from ultraplane.apiserver.resources import format_selector
+
+        selector = get_path(obj, selector_path)
+        meta = obj["metadata"]
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {"name": meta["name"], "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                             "resourceVersion": meta.get("resourceVersion"),
+                             "creationTimestamp": meta.get("creationTimestamp")},
+                "spec": {"replicas": get_path(obj, spec_path) or 0},
+                "status": {"replicas": get_path(obj, status_path) or 0,
+                           "selector": format_selector(selector).replace("<none>", "")}}
+
+    async def update_scale(self, s: Strategy, ns: str, name: str, change: Any, wo: WriteOptions) -> Obj:
+        result: dict[str, Obj] = {}
+
+        def mutate(obj: Obj) -> Obj:
+            scale = change(self.scale_of(s, obj))
+            if not isinstance(scale, dict):
+                raise errors.bad_request("invalid scale")
+            replicas = (scale.get("spec") or {}).get("replicas")
+            rv = (scale.get("metadata") or {}).get("resourceVersion")
+            if rv and rv != obj["metadata"]["resourceVersion"]:
+                raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
+            if not isinstance(replicas, int) or replicas < 0:
+                raise errors.invalid("Scale", "autoscaling", name, [{
+                    "reason": "FieldValueInvalid", "field": "spec.replicas",
+                    "message": f"Invalid value: {replicas}: must be greater than or equal to 0"}])
+            set_path(obj, s.scale_path[0], replicas)
+            return obj
+
+        obj = await self.registry.guaranteed_update(s, ns, name, mutate, wo)
+        result["scale"] = self.scale_of(s, obj)
+        return result["scale"]
+
+    async def patch_scale(self, s: Strategy, ns: str, name: str, ctype: str, body: bytes, wo: WriteOptions) -> Obj:
+        from ultraplane.apiserver import patch as patchlib
+
+        document = orjson.loads(body)
+        kind = ctype.split(";", 1)[0].strip()
+
+        def change(scale: Obj) -> Obj:
+            if kind == "application/json-patch+json":
+                return patchlib.json_patch(scale, document)
+            return patchlib.merge_patch(scale, document)
+
+        return await self.update_scale(s, ns, name, change, wo)
+

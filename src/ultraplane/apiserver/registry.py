@@ -1,0 +1,1149 @@
+"""The generic registry: one storage-and-REST path for every resource, plus a ``Strategy`` per type.
+
+The REST layer (server.py / app.py) parses a request into a resource, a verb and its options and
+calls one ``Registry`` method. The registry does what kube-apiserver's generic ``Store`` does:
+object metadata (uid, generateName, creationTimestamp, resourceVersion = store revision,
+generation, managedFields), defaults and validation through the strategy, optimistic concurrency
+over the storage interface (storage.py), finalizers and deletionTimestamp, list pages with continue
+tokens, and watches through the watch cache. Errors are ``ApiError``s carrying kube's ``Status``.
+
+Objects are stored as JSON (kube-apiserver stores protobuf for built-in types; JSON keeps the
+stored data readable with etcdctl and shared with CRDs later), with ``metadata.resourceVersion``
+removed: the key's mod_revision is the resourceVersion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import datetime as dt
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ultraplane.apiserver import errors
+from ultraplane.apiserver.storage import (
+    Backend,
+    FutureRevision,
+    KeyExists,
+    RevisionCompacted,
+    RevisionConflict,
+)
+from ultraplane.apiserver.watchcache import Subscription, WatchCache
+
+log = logging.getLogger("ultraplane.apiserver.registry")
+
+Obj = dict[str, Any]
+Cause = dict[str, Any]
+
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new "
+    "list without the continue parameter, or use the continue token in this response to retrieve the "
+    "remainder of the results. Continuing with the provided token results in an inconsistent list - objects "
+    "that were created, modified, or deleted between the time the first chunk was returned and now may show "
+    "up in the list."
+)
+GENERATE_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+BOOKMARK_INTERVAL = 10.0
+
+
+@dataclass
+class Column:
+    name: str
+    type: str = "string"
+    format: str = ""
+    description: str = ""
+    priority: int = 0
+
+    def definition(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "format": self.format, "description": self.description,
+                "priority": self.priority}
+
+
+def _no_defaults(obj: Obj) -> None:
+    return None
+
+
+def _no_causes(obj: Obj, old: Obj | None) -> list[Cause]:
+    return []
+
+
+def _no_fields(obj: Obj) -> dict[str, str]:
+    return {}
+
+
+@dataclass
+class Strategy:
+    """Everything type-specific about one resource. Adding a resource = adding one of these."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    singular: str
+    namespaced: bool = True
+    short_names: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    storage: str = ""  # the key segment under /registry/ (kube's, e.g. "minions" for nodes)
+    subresources: tuple[str, ...] = ()  # "status", "scale", "binding"
+    generation: bool = False  # metadata.generation tracks spec changes
+    verbs: tuple[str, ...] = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+    defaults: Callable[[Obj], None] = _no_defaults
+    validate: Callable[[Obj, Obj | None], list[Cause]] = _no_causes
+    prepare_create: Callable[[Obj], None] = _no_defaults  # e.g. reset status
+    fields: Callable[[Obj], dict[str, str]] = _no_fields  # type-specific field-selector fields
+    columns: list[Column] = field(default_factory=list)
+    row: Callable[[Obj, dt.datetime], list[Any]] | None = None
+    name_rule: str = "dns1123subdomain"
+    scale_path: tuple[str, str, str] = ("spec.replicas", "status.replicas", "spec.selector")
+    allow_create_on_update: bool = False
+    return_deleted_object: bool = False  # DELETE answers with the object, not a Success Status (pods, services)
+    # virtual create-only resources (access reviews): (request body, user) -> response, nothing stored
+    create_handler: Callable[[Obj, Any], Obj] | None = None
+    # another version of a stored kind (events.k8s.io/v1 Event is stored as core/v1 Event)
+    from_storage: Callable[[Obj], Obj] | None = None
+    to_storage: Callable[[Obj], Obj] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.storage:
+            self.storage = self.plural
+        self.api_version = f"{self.group}/{self.version}" if self.group else self.version
+        self.list_kind = self.kind + "List"
+        self.prefix = f"/registry/{self.storage}/".encode()
+        self.group_resource = errors.qualified(self.group, self.plural)
+
+    def key(self, namespace: str, name: str) -> bytes:
+        if self.namespaced:
+            return f"/registry/{self.storage}/{namespace}/{name}".encode()
+        return f"/registry/{self.storage}/{name}".encode()
+
+    def collection_prefix(self, namespace: str) -> bytes:
+        if self.namespaced and namespace:
+            return f"/registry/{self.storage}/{namespace}/".encode()
+        return self.prefix
+
+    def has_status(self) -> bool:
+        return "status" in self.subresources
+
+
+# ============================================================================ helpers
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decode(raw: bytes, revision: int) -> Obj:
+    obj = orjson.loads(raw)
+    obj["metadata"]["resourceVersion"] = str(revision)
+    return obj
+
+
+def encode_for_storage(obj: Obj) -> bytes:
+    meta = obj["metadata"]
+    rv = meta.pop("resourceVersion", None)
+    try:
+        return orjson.dumps(obj)
+    finally:
+        if rv is not None:
+            meta["resourceVersion"] = rv
+
+
+def spec_of(obj: Obj) -> dict[str, Any]:
+    """Everything but metadata and status: what a generation bump tracks."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
+
+
+def get_path(obj: Obj, path: str) -> Any:
+    cur: Any = obj
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def set_path(obj: Obj, path: str, value: Any) -> None:
+    parts = path.split(".")
+    cur = obj
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+
+
+def fields_v1(value: Any) -> Any:
+    """The FieldsV1 set of a value: ``f:`` per map key, ``k:`` for lists of named items, atomic otherwise."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out[f"f:{k}"] = fields_v1(v)
+        return out
+    if isinstance(value, list) and value and all(isinstance(i, dict) and "name" in i for i in value):
+        out = {}
+        for item in value:
+            out["k:" + orjson.dumps({"name": item["name"]}).decode()] = {".": {}, **fields_v1(item)}
+        return out
+    return {}
+
+
+def managed_fields_of(obj: Obj, *, subresource: str = "") -> dict[str, Any]:
+    meta = obj.get("metadata", {})
+    tracked: dict[str, Any] = {}
+    managed_meta = {k: meta[k] for k in ("labels", "annotations", "finalizers") if meta.get(k)}
+    if managed_meta:
+        tracked["f:metadata"] = fields_v1(managed_meta)
+    for k, v in obj.items():
+        if k in ("metadata", "kind", "apiVersion"):
+            continue
+        if (k == "status") != (subresource == "status"):
+            continue
+        tracked[f"f:{k}"] = fields_v1(v)
+    return tracked
+
+
+def record_manager(obj: Obj, manager: str, operation: str, api_version: str, subresource: str = "",
+                   applied: Obj | None = None) -> None:
+    """One managedFields entry per (manager, operation, subresource); Apply owns only what it applied."""
+    if not manager:
+        return
+    meta = obj["metadata"]
+    fields = managed_fields_of(applied if applied is not None else obj, subresource=subresource)
+    entries = [e for e in meta.get("managedFields") or []
+               if not (e.get("manager") == manager and e.get("operation") == operation
+                       and e.get("subresource", "") == subresource)]
+    entry: dict[str, Any] = {"manager": manager, "operation": operation, "apiVersion": api_version,
+                             "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fields}
+    if subresource:
+        entry["subresource"] = subresource
+    entries.append(entry)
+    meta["managedFields"] = entries
+
+
+def leaf_paths(fields: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for key, sub in fields.items():
+        if key == ".":
+            continue
+        children = {k: v for k, v in sub.items() if k != "."} if isinstance(sub, dict) else {}
+        out += leaf_paths(children, (*prefix, key)) if children else [(*prefix, key)]
+    return out
+
+
+def value_at(obj: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    cur = obj
+    for key in path:
+        if key.startswith("f:") and isinstance(cur, dict) and key[2:] in cur:
+            cur = cur[key[2:]]
+        elif key.startswith("k:") and isinstance(cur, list):
+            ident = orjson.loads(key[2:])
+            cur = next((i for i in cur if isinstance(i, dict) and all(i.get(k) == v for k, v in ident.items())),
+                       None)
+            if cur is None:
+                return False, None
+        else:
+            return False, None
+    return True, cur
+
+
+def path_text(path: tuple[str, ...]) -> str:
+    """kube's field path notation: ``.spec.containers[name="web"].image``."""
+    out = ""
+    for key in path:
+        if key.startswith("f:"):
+            out += "." + key[2:]
+        else:
+            out += "[" + ",".join(f'{k}="{v}"' for k, v in orjson.loads(key[2:]).items()) + "]"
+    return out
+
+
+def _drop_path(fields: dict[str, Any], path: tuple[str, ...]) -> None:
+    cur = fields
+    for key in path[:-1]:
+        cur = cur.get(key)
+        if not isinstance(cur, dict):
+            return
+    cur.pop(path[-1], None)
+
+
+def take_ownership(merged: Obj, current: Obj, applied: Obj, applied_fields: dict[str, Any], manager: str,
+                   subresource: str, force: bool) -> None:
+    """Apply conflicts: a field applied with a different value than another manager set is a 409,
+    unless forced, which moves the field to this manager."""
+    conflicts: list[tuple[str, tuple[str, ...]]] = []
+    entries = [e for e in merged["metadata"].get("managedFields") or []
+               if e.get("subresource", "") == subresource
+               and not (e.get("manager") == manager and e.get("operation") == "Apply")]
+    mine = leaf_paths(applied_fields)
+    for entry in entries:
+        owned = set(leaf_paths(entry.get("fieldsV1") or {}))
+        who = f'"{entry.get("manager", "")}"'
+        if entry.get("operation") == "Update":
+            who += f' using {entry.get("apiVersion", "")}'
+        for path in mine:
+            if path in owned and value_at(current, path) != value_at(applied, path):
+                conflicts.append((who, path))
+                if force:
+                    _drop_path(entry["fieldsV1"], path)
+    if conflicts and not force:
+        if len(conflicts) == 1:
+            text = f"conflict with {conflicts[0][0]}: {path_text(conflicts[0][1])}"
+        else:
+            by_manager: dict[str, list[str]] = {}
+            for who, path in conflicts:
+                by_manager.setdefault(who, []).append(path_text(path))
+            text = "\n".join(f"conflicts with {who}" + "".join(f"\n- {p}" for p in paths)
+                             for who, paths in sorted(by_manager.items()))
+        n = len(conflicts)
+        raise errors.ApiError(errors.status(
+            409, "Conflict", f"Apply failed with {n} conflict{'s' if n > 1 else ''}: {text}",
+            {"causes": [{"reason": "FieldManagerConflict", "message": f"conflict with {who}", "field": path_text(p)}
+                        for who, p in conflicts]}))
+
+
+def drop_released_fields(obj: Any, previous: dict[str, Any], applied: dict[str, Any],
+                         others: list[dict[str, Any]]) -> None:
+    """Server-side apply: a field this manager applied before, no longer applies and nobody else owns goes."""
+    if not isinstance(obj, dict):
+        return
+    for key, sub in previous.items():
+        if not key.startswith("f:"):
+            continue
+        name = key[2:]
+        if name not in obj:
+            continue
+        owned_elsewhere = [o[key] for o in others if key in o]
+        if key not in applied:
+            if not owned_elsewhere:
+                del obj[name]
+        elif isinstance(sub, dict) and sub and isinstance(applied[key], dict):
+            drop_released_fields(obj[name], sub, applied[key], [o for o in owned_elsewhere if isinstance(o, dict)])
+
+
+def default_manager(user_agent: str) -> str:
+    """kube's default field manager: the user agent's program name (``kubectl-client-side-apply`` etc.)."""
+    return (user_agent.split("/", 1)[0] or "unknown")[:128]
+
+
+def encode_continue(revision: int, start: str) -> str:
+    token = orjson.dumps({"v": "meta.k8s.io/v1", "rv": revision, "start": start})
+    return base64.b64encode(token).decode()
+
+
+def decode_continue(token: str) -> tuple[int, str]:
+    try:
+        data = orjson.loads(base64.b64decode(token + "=" * (-len(token) % 4)))
+        if data.get("v") != "meta.k8s.io/v1" or "rv" not in data or "start" not in data:
+            raise ValueError
+        return int(data["rv"]), str(data["start"])
+    except Exception as exc:
+        raise errors.bad_request("continue key is not valid: incorrect encoded start resourceVersion "
+                                 "(version meta.k8s.io/v1)") from exc
+
+
+@dataclass
+class ListOptions:
+    label_selector: str = ""
+    field_selector: str = ""
+    limit: int = 0
+    continue_token: str = ""
+    resource_version: str = ""
+    resource_version_match: str = ""
+
+    @classmethod
+    def from_query(cls, q: dict[str, str]) -> ListOptions:
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError as exc:
+            raise errors.bad_request(f"invalid limit {q.get('limit')!r}") from exc
+        return cls(q.get("labelSelector", ""), q.get("fieldSelector", ""), max(limit, 0), q.get("continue", ""),
+                   q.get("resourceVersion", ""), q.get("resourceVersionMatch", ""))
+
+
+class Filter:
+    """A compiled label + field selector for one strategy (None parts match everything)."""
+
+    def __init__(self, strategy: Strategy, label_selector: str, field_selector: str) -> None:
+        self.strategy = strategy
+        self.labels = None
+        self.fields = None
+        if label_selector:
+            from ultraplane.apiserver import selectors
+
+            try:
+                sel = selectors.parse_label_selector(label_selector)
+            except selectors.SelectorError as exc:
+                raise errors.bad_request(str(exc)) from exc
+            self.labels = None if sel.empty else sel
+        if field_selector:
+            from ultraplane.apiserver import selectors
+
+            try:
+                fsel = selectors.parse_field_selector(field_selector)
+            except selectors.SelectorError as exc:
+                raise errors.bad_request(str(exc)) from exc
+            sample = self.field_set({"metadata": {}})
+            for fname, _op, _value in fsel.requirements:
+                if fname not in sample:
+                    raise errors.bad_request(f'field label not supported: {fname}')
+            self.fields = fsel if fsel.requirements else None
+
+    @property
+    def empty(self) -> bool:
+        return self.labels is None and self.fields is None
+
+    def field_set(self, obj: Obj) -> dict[str, str]:
+        meta = obj.get("metadata", {})
+        out = {"metadata.name": meta.get("name", "")}
+        if self.strategy.namespaced:
+            out["metadata.namespace"] = meta.get("namespace", "")
+        out.update(self.strategy.fields(obj))
+        return out
+
+    def matches(self, obj: Obj | None) -> bool:
+        if obj is None:
+            return False
+        if self.labels is not None and not self.labels.matches(obj.get("metadata", {}).get("labels") or {}):
+            return False
+        if self.fields is not None and not self.fields.matches(self.field_set(obj)):
+            return False
+        return True
+
+
+def unknown_fields(value: Any, schema: dict[str, Any] | None, path: str = "") -> list[str]:
+    """Paths of fields the schema does not declare (kube's strict decoding), e.g. ``spec.containers[0].foo``."""
+    if not isinstance(schema, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if "allOf" in schema and "properties" not in schema:
+        # OpenAPI v3 wraps references as allOf: [ {...} ]
+        parts = [p for p in schema["allOf"] if isinstance(p, dict)]
+        if len(parts) == 1:
+            return unknown_fields(value, parts[0], path)
+        return []
+    out: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        if props is None and extra is None:
+            return []
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else key
+            if props is not None and key in props:
+                out += unknown_fields(item, props[key], sub)
+            elif isinstance(extra, dict):
+                out += unknown_fields(item, extra, sub)
+            elif extra is True or (props is None):
+                continue
+            else:
+                out.append(sub)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            out += unknown_fields(item, schema["items"], f"{path}[{i}]")
+    return out
+
+
+@dataclass
+class WriteOptions:
+    dry_run: bool = False
+    field_manager: str = ""
+    user_agent: str = ""
+    field_validation: str = "Warn"
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_query(cls, q: dict[str, str], user_agent: str = "") -> WriteOptions:
+        dry = q.get("dryRun", "")
+        if dry and dry != "All":
+            raise errors.bad_request(f'dryRun: Unsupported value: "{dry}": supported values: "All"')
+        validation = q.get("fieldValidation", "") or "Warn"
+        if validation not in ("Strict", "Warn", "Ignore"):
+            raise errors.bad_request(f'fieldValidation: Unsupported value: "{validation}": supported values: '
+                                     f'"Ignore", "Strict", "Warn"')
+        return cls(dry == "All", q.get("fieldManager", ""), user_agent, validation)
+
+    def manager(self) -> str:
+        return self.field_manager or default_manager(self.user_agent)
+
+
+# ============================================================================ registry
+class Registry:
+    """Generic CRUD + watch over a Backend for every registered Strategy."""
+
+    def __init__(self, backend: Backend, overrides: dict[str, Backend] | None = None, *,
+                 compaction_interval: float = 300.0) -> None:
+        self.backend = backend
+        self.compaction_interval = compaction_interval
+        self.overrides = overrides or {}  # "group/resource" -> backend (etcd-servers-overrides)
+        self.caches: dict[int, WatchCache] = {}
+        self.strategies: dict[tuple[str, str, str], Strategy] = {}  # (group, version, plural)
+        # async mutating admission per resource plural, run before defaults on create (e.g. ClusterIPs)
+        self.admission: dict[str, Callable[[Obj], Any]] = {}
+        self._ns_tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def decode(s: Strategy, raw: bytes, revision: int) -> Obj:
+        obj = decode(raw, revision)
+        return s.from_storage(obj) if s.from_storage is not None else obj
+
+    @staticmethod
+    def encode(s: Strategy, obj: Obj) -> bytes:
+        return encode_for_storage(s.to_storage(obj) if s.to_storage is not None else obj)
+
+    def register(self, strategy: Strategy) -> None:
+        self.strategies[(strategy.group, strategy.version, strategy.plural)] = strategy
+
+    def backend_for(self, strategy: Strategy) -> Backend:
+        return self.overrides.get(f"{strategy.group}/{strategy.plural}", self.backend)
+
+    def cache_for(self, strategy: Strategy) -> WatchCache:
+        return self.caches[id(self.backend_for(strategy))]
+
+    async def start(self) -> None:
+        for backend in {id(b): b for b in [self.backend, *self.overrides.values()]}.values():
+            await backend.start()
+            cache = WatchCache(backend)
+            await cache.start()
+            self.caches[id(backend)] = cache
+            if self.compaction_interval > 0:
+                task = asyncio.get_running_loop().create_task(self.compact_periodically(backend, cache))
+                self._ns_tasks.add(task)
+
+    async def compact_periodically(self, backend: Backend, cache: WatchCache) -> None:
+        """kube-apiserver's compactor: each interval, compact at the revision seen one interval earlier."""
+        previous = 0
+        while True:
+            await asyncio.sleep(self.compaction_interval)
+            try:
+                current = await backend.current_revision()
+                if previous:
+                    await backend.compact(previous)
+                    cache.compacted(previous)
+                previous = current
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # an already-compacted revision (another API server got there first) is fine
+                log.debug("compaction at %d: %s", previous, exc)
+                previous = current
+
+    async def close(self) -> None:
+        for task in list(self._ns_tasks):
+            task.cancel()
+        for cache in self.caches.values():
+            await cache.close()
+        for backend in {id(b): b for b in [self.backend, *self.overrides.values()]}.values():
+            await backend.close()
+
+    # ------------------------------------------------------------------ reads
+    async def read(self, s: Strategy, namespace: str, name: str) -> tuple[Obj, int]:
+        _, stored = await self.backend_for(s).get(s.key(namespace, name))
+        if stored is None:
+            raise errors.not_found(s.group, s.plural, name)
+        return self.decode(s, stored.value, stored.mod_revision), stored.mod_revision
+
+    async def get(self, s: Strategy, namespace: str, name: str) -> Obj:
+        return (await self.read(s, namespace, name))[0]
+
+    async def list(self, s: Strategy, namespace: str, opts: ListOptions) -> Obj:
+        flt = Filter(s, opts.label_selector, opts.field_selector)
+        backend = self.backend_for(s)
+        prefix = s.collection_prefix(namespace)
+        revision = 0
+        start = b""
+        if opts.continue_token:
+            revision, start_text = decode_continue(opts.continue_token)
+            start = s.prefix + start_text.encode()
+        elif opts.resource_version and opts.resource_version_match == "Exact":
+            try:
+                revision = int(opts.resource_version)
+            except ValueError as exc:
+                raise errors.bad_request(f"invalid resource version: {opts.resource_version}") from exc
+        items: list[Obj] = []
+        more = False
+        remaining = 0
+        next_start = b""
+        served_at = 0
+        while True:
+            try:
+                page = await backend.list(prefix, start=start, limit=(opts.limit + 1) if opts.limit else 0,
+                                          revision=revision)
+            except RevisionCompacted as exc:
+                if opts.continue_token:
+                    raise errors.expired(CONTINUE_EXPIRED) from exc
+                raise errors.expired(f"too old resource version: {revision} ({exc.compact_revision})") from exc
+            except FutureRevision as exc:
+                raise errors.ApiError(errors.status(
+                    504, "Timeout", f"Too large resource version: {revision}, current: "
+                    f"{await backend.current_revision()}", {"causes": [{"reason": "ResourceVersionTooLarge",
+                                                                         "message": "Too large resource version"}],
+                                                           "retryAfterSeconds": 1})) from exc
+            served_at = revision or page.revision
+            revision = served_at
+            batch = page.items
+            has_more = page.more or (opts.limit and len(batch) > opts.limit)
+            for sv in batch:
+                if opts.limit and len(items) == opts.limit:
+                    has_more = True
+                    break
+                obj = self.decode(s, sv.value, sv.mod_revision)
+                if flt.empty or flt.matches(obj):
+                    items.append(obj)
+                next_start = sv.key + b"\0"
+            if not opts.limit or not has_more or len(items) >= opts.limit:
+                more = bool(opts.limit and has_more)
+                if more and flt.empty:
+                    remaining = page.count - len(batch[: opts.limit])
+                break
+            start = next_start
+        for obj in items:
+            obj.pop("kind", None)
+            obj.pop("apiVersion", None)
+        meta: dict[str, Any] = {"resourceVersion": str(served_at)}
+        if more:
+            meta["continue"] = encode_continue(served_at, next_start[len(s.prefix):].decode())
+            if remaining > 0:
+                meta["remainingItemCount"] = remaining
+        return {"kind": s.list_kind, "apiVersion": s.api_version, "metadata": meta, "items": items}
+
+    # ------------------------------------------------------------------ create
+    async def namespace_must_exist(self, s: Strategy, namespace: str, name: str) -> None:
+        if not s.namespaced:
+            return
+        ns = self.strategies.get(("", "v1", "namespaces"))
+        if ns is None:
+            return
+        _, stored = await self.backend_for(ns).get(ns.key("", namespace))
+        if stored is None:
+            raise errors.not_found("", "namespaces", namespace)
+        obj = orjson.loads(stored.value)
+        if obj.get("metadata", {}).get("deletionTimestamp"):
+            raise errors.forbidden(f"{s.plural} \"{name}\" is forbidden: unable to create new content "
+                                   f"in namespace {namespace} because it is being terminated",
+                                   s.group, s.plural)
+
+    def check_type(self, s: Strategy, obj: Obj) -> None:
+        if not isinstance(obj, dict):
+            raise errors.bad_request("the body of the request was in an unknown format")
+        api_version = obj.get("apiVersion")
+        kind = obj.get("kind")
+        if api_version and api_version != s.api_version:
+            raise errors.bad_request(f"the API version in the data ({api_version}) does not match the expected "
+                                     f"API version ({s.api_version})")
+        if kind and kind != s.kind:
+            raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({s.kind})")
+        obj["apiVersion"] = s.api_version
+        obj["kind"] = s.kind
+        if not isinstance(obj.get("metadata"), dict):
+            obj["metadata"] = {}
+
+    def validate(self, s: Strategy, obj: Obj, old: Obj | None) -> None:
+        causes: list[Cause] = []
+        try:
+            from ultraplane.apiserver import validation
+
+            meta = dict(obj["metadata"])
+            if old is not None:
+                meta.pop("generateName", None)
+            causes.extend(validation.validate_object_meta(meta, namespaced=s.namespaced, name_rule=s.name_rule))
+        except ImportError:
+            if not obj["metadata"].get("name"):
+                causes.append({"reason": "FieldValueRequired", "message": "Required value: name or generateName is "
+                               "required", "field": "metadata.name"})
+        causes.extend(s.validate(obj, old))
+        if causes:
+            raise errors.invalid(s.kind, s.group, obj["metadata"].get("name", ""), causes)
+
+    def check_fields(self, s: Strategy, obj: Obj, wo: WriteOptions) -> None:
+        """fieldValidation: Strict refuses undeclared fields (400), Warn reports them, Ignore drops them silently."""
+        if wo.field_validation == "Ignore":
+            return
+        schema = self.schema_for(s)
+        if schema is None:
+            return
+        unknown = unknown_fields(obj, schema)
+        if not unknown:
+            return
+        texts = [f'unknown field "{u}"' for u in unknown]
+        if wo.field_validation == "Strict":
+            raise errors.bad_request(f'{s.kind} in version "{s.version}" cannot be handled as a {s.kind}: '
+                                     f'strict decoding error: {", ".join(texts)}')
+        wo.warnings.extend(texts)
+
+    async def create(self, s: Strategy, namespace: str, obj: Obj, wo: WriteOptions, *,
+                     operation: str = "Update", applied: Obj | None = None) -> Obj:
+        self.check_type(s, obj)
+        self.check_fields(s, obj, wo)
+        meta = obj["metadata"]
+        if s.namespaced:
+            body_ns = meta.get("namespace")
+            if body_ns and body_ns != namespace:
+                raise errors.bad_request("the namespace of the provided object does not match the namespace sent "
+                                         "on the request")
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + "".join(secrets.choice(GENERATE_NAME_CHARS) for _ in range(5))
+        await self.namespace_must_exist(s, namespace, meta.get("name", ""))
+        for transient in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
+            meta.pop(transient, None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        if s.generation:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
+        s.prepare_create(obj)
+        admit = self.admission.get(s.plural)
+        if admit is not None:
+            await admit(obj)
+        s.defaults(obj)
+        self.validate(s, obj, None)
+        meta.pop("managedFields", None)
+        record_manager(obj, wo.manager(), operation, s.api_version, applied=applied)
+        if wo.dry_run:
+            return obj
+        try:
+            revision = await self.backend_for(s).create(s.key(namespace, meta["name"]), self.encode(s, obj))
+        except KeyExists as exc:
+            raise errors.already_exists(s.group, s.plural, meta["name"]) from exc
+        meta["resourceVersion"] = str(revision)
+        return obj
+
+    # ------------------------------------------------------------------ update
+    async def update(self, s: Strategy, namespace: str, name: str, obj: Obj, wo: WriteOptions, *,
+                     subresource: str = "") -> tuple[Obj, bool]:
+        """PUT. Returns (object, created)."""
+        self.check_type(s, obj)
+        self.check_fields(s, obj, wo)
+        meta = obj["metadata"]
+        if meta.get("name") and meta["name"] != name:
+            raise errors.bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL "
+                                     f"({name})")
+        if s.namespaced and meta.get("namespace") and meta["namespace"] != namespace:
+            raise errors.bad_request("the namespace of the provided object does not match the namespace sent on "
+                                     "the request")
+        expected_rv = meta.get("resourceVersion") or ""
+
+        def mutate(current: Obj) -> Obj:
+            return obj
+
+        try:
+            return await self.guaranteed_update(s, namespace, name, mutate, wo, subresource=subresource,
+                                                precondition_rv=expected_rv), False
+        except errors.ApiError as exc:
+            if exc.code != 404 or not s.allow_create_on_update or subresource:
+                raise
+        meta["name"] = name
+        return await self.create(s, namespace, obj, wo), True
+
+    async def guaranteed_update(self, s: Strategy, namespace: str, name: str, mutate: Callable[[Obj], Obj],
+                                wo: WriteOptions, *, subresource: str = "", precondition_rv: str = "",
+                                operation: str = "Update", applied: Obj | None = None) -> Obj:
+        backend = self.backend_for(s)
+        key = s.key(namespace, name)
+        for _attempt in range(32):
+            current, mod_rev = await self.read(s, namespace, name)
+            new = mutate(copy.deepcopy(current))
+            self.check_type(s, new)
+            rv = precondition_rv or str(new["metadata"].get("resourceVersion") or "")
+            if rv and rv != str(mod_rev):
+                raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
+            new = self.prepare_update(s, new, current, subresource)
+            self.validate(s, new, current)
+            record_manager(new, wo.manager(), operation, s.api_version, subresource, applied)
+            if self.unchanged(new, current):
+                return current
+            if wo.dry_run:
+                return new
+            try:
+                revision = await backend.update(key, self.encode(s, new), mod_rev)
+            except RevisionConflict as exc:
+                if exc.current is None:
+                    raise errors.not_found(s.group, s.plural, name) from exc
+                if rv:
+                    raise errors.conflict(s.group, s.plural, name, errors.MODIFIED) from exc
+                continue
+            new["metadata"]["resourceVersion"] = str(revision)
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                # the last finalizer is gone: the object goes away now
+                await self.remove(s, namespace, name, revision)
+            return new
+        raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
+
+    @staticmethod
+    def unchanged(new: Obj, current: Obj) -> bool:
+        a = {k: v for k, v in new["metadata"].items() if k != "managedFields"}
+        b = {k: v for k, v in current["metadata"].items() if k != "managedFields"}
+        if a != b:
+            return False
+        return {k: v for k, v in new.items() if k != "metadata"} == {k: v for k, v in current.items()
+                                                                      if k != "metadata"}
+
+    def prepare_update(self, s: Strategy, new: Obj, current: Obj, subresource: str) -> Obj:
+        meta = new["metadata"]
+        cur_meta = current["metadata"]
+        if subresource == "status":
+            # only status changes through /status (plus nothing else kube lets through)
+            merged = copy.deepcopy(current)
+            if "status" in new:
+                merged["status"] = new["status"]
+            else:
+                merged.pop("status", None)
+            merged["metadata"]["managedFields"] = meta.get("managedFields", cur_meta.get("managedFields"))
+            return merged
+        for immutable in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
+                          "namespace", "name"):
+            if immutable in cur_meta:
+                meta[immutable] = cur_meta[immutable]
+            else:
+                meta.pop(immutable, None)
+        meta["resourceVersion"] = cur_meta.get("resourceVersion")
+        if "managedFields" not in meta and "managedFields" in cur_meta:
+            meta["managedFields"] = cur_meta["managedFields"]
+        if s.has_status():
+            if "status" in current:
+                new["status"] = current["status"]
+            else:
+                new.pop("status", None)
+        s.defaults(new)
+        if s.generation:
+            generation = int(cur_meta.get("generation") or 1)
+            if spec_of(new) != spec_of(current):
+                generation += 1
+            meta["generation"] = generation
+        else:
+            meta.pop("generation", None)
+        return new
+
+    # ------------------------------------------------------------------ patch
+    async def patch(self, s: Strategy, namespace: str, name: str, content_type: str, body: bytes,
+                    wo: WriteOptions, *, subresource: str = "", force: bool = False) -> tuple[Obj, bool]:
+        from ultraplane.apiserver import patch as patchlib
+
+        ctype = content_type.split(";", 1)[0].strip()
+        if ctype == "application/apply-patch+yaml":
+            return await self.apply(s, namespace, name, body, wo, subresource=subresource, force=force)
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise errors.bad_request(f"error decoding patch: {exc}") from exc
+        if ctype == "application/json-patch+json":
+            if not isinstance(document, list):
+                raise errors.bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+
+            def apply_patch(obj: Obj) -> Obj:
+                return patchlib.json_patch(obj, document)
+        elif ctype == "application/merge-patch+json":
+            def apply_patch(obj: Obj) -> Obj:
+                return patchlib.merge_patch(obj, document)
+        elif ctype == "application/strategic-merge-patch+json":
+            schema = self.schema_for(s)
+
+            def apply_patch(obj: Obj) -> Obj:
+                return patchlib.strategic_merge_patch(obj, document, schema)
+        else:
+            raise errors.ApiError(errors.status(
+                415, "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"))
+        rv = ""
+        if isinstance(document, dict):
+            rv = str((document.get("metadata") or {}).get("resourceVersion") or "")
+
+        def mutate(current: Obj) -> Obj:
+            try:
+                return apply_patch(current)
+            except patchlib.PatchError as exc:
+                if ctype == "application/json-patch+json":
+                    # kube: NewGenericServerResponse(422, ...) with the patch error as its one cause
+                    raise errors.ApiError(errors.status(
+                        422, "Invalid", "the server rejected our request due to an error in our request",
+                        {"causes": [{"reason": "UnexpectedServerResponse", "message": str(exc)}]})) from exc
+                raise errors.bad_request(str(exc)) from exc
+
+        return await self.guaranteed_update(s, namespace, name, mutate, wo, subresource=subresource,
+                                            precondition_rv=rv, operation="Update"), False
+
+    def schema_for(self, s: Strategy) -> dict | None:
+        schemas = getattr(self, "schemas", None)
+        if schemas is None:
+            return None
+        return schemas.kind_schema(s.group, s.version, s.kind)
+
+    async def apply(self, s: Strategy, namespace: str, name: str, body: bytes, wo: WriteOptions, *,
+                    subresource: str = "", force: bool = False) -> tuple[Obj, bool]:
+        """Server-side apply: create-or-merge the applied configuration, owned by the field manager."""
+        if not wo.field_manager:
+            raise errors.bad_request("PATCH, command: Apply is missing required field manager")
+        try:
+            config = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            import yaml
+
+            try:
+                config = yaml.safe_load(body)
+            except yaml.YAMLError as exc:
+                raise errors.bad_request(f"error decoding YAML: {exc}") from exc
+        if not isinstance(config, dict):
+            raise errors.bad_request("the body of the request was in an unknown format")
+        self.check_type(s, config)
+        cmeta = config["metadata"]
+        if cmeta.get("name") and cmeta["name"] != name:
+            raise errors.bad_request(f"the name of the object ({cmeta['name']}) does not match the name on the URL "
+                                     f"({name})")
+        try:
+            await self.read(s, namespace, name)
+        except errors.ApiError as exc:
+            if exc.code != 404 or subresource:
+                raise
+            cmeta["name"] = name
+            try:
+                return await self.create(s, namespace, copy.deepcopy(config), wo, operation="Apply",
+                                         applied=config), True
+            except errors.ApiError as exc2:
+                if exc2.code != 409:
+                    raise
+        from ultraplane.apiserver import patch as patchlib
+
+        schema = self.schema_for(s)
+        applied = {k: v for k, v in config.items() if k not in ("apiVersion", "kind")}
+        applied["metadata"] = {k: v for k, v in cmeta.items() if k in ("labels", "annotations", "finalizers")}
+
+        new_fields = managed_fields_of(applied)
+        manager = wo.manager()
+
+        def mutate(current: Obj) -> Obj:
+            previous: dict[str, Any] = {}
+            others: list[dict[str, Any]] = []
+            for entry in current["metadata"].get("managedFields") or []:
+                if entry.get("subresource", "") != subresource:
+                    continue
+                if entry.get("manager") == manager and entry.get("operation") == "Apply":
+                    previous = entry.get("fieldsV1") or {}
+                else:
+                    others.append(entry.get("fieldsV1") or {})
+            merged = patchlib.strategic_merge_patch(current, applied, schema)
+            take_ownership(merged, current, applied, new_fields, manager, subresource, force)
+            drop_released_fields(merged, previous, new_fields, others)
+            return merged
+
+        return await self.guaranteed_update(s, namespace, name, mutate, wo, subresource=subresource,
+                                            precondition_rv=str(cmeta.get("resourceVersion") or ""),
+                                            operation="Apply", applied=applied), False
+
+    # ------------------------------------------------------------------ delete
+    async def delete(self, s: Strategy, namespace: str, name: str, options: Obj, wo: WriteOptions) -> tuple[Obj, int]:
+        """Returns (response body, HTTP code): the object while finalizers hold it, else a Success Status."""
+        backend = self.backend_for(s)
+        preconditions = options.get("preconditions") or {}
+        for _attempt in range(32):
+            current, mod_rev = await self.read(s, namespace, name)
+            meta = current["metadata"]
+            if preconditions.get("uid") and preconditions["uid"] != meta.get("uid"):
+                raise errors.conflict(s.group, s.plural, name, f"Precondition failed: UID in precondition: "
+                                      f"{preconditions['uid']}, UID in object meta: {meta.get('uid')}")
+            if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != meta["resourceVersion"]:
+                raise errors.conflict(s.group, s.plural, name, f"Precondition failed: ResourceVersion in "
+                                      f"precondition: {preconditions['resourceVersion']}, ResourceVersion in "
+                                      f"object meta: {meta['resourceVersion']}")
+            finalizers = list(meta.get("finalizers") or [])
+            if s.plural == "namespaces" and (current.get("spec") or {}).get("finalizers"):
+                finalizers.append("kubernetes")
+            policy = options.get("propagationPolicy")
+            if policy == "Foreground" and "foregroundDeletion" not in finalizers and not meta.get("deletionTimestamp"):
+                meta.setdefault("finalizers", []).append("foregroundDeletion")
+                finalizers.append("foregroundDeletion")
+            if finalizers:
+                if meta.get("deletionTimestamp"):
+                    return current, 200
+                meta["deletionTimestamp"] = now_rfc3339()
+                meta["deletionGracePeriodSeconds"] = 0
+                if s.plural == "namespaces":
+                    current.setdefault("status", {})["phase"] = "Terminating"
+                if wo.dry_run:
+                    return current, 200
+                try:
+                    revision = await backend.update(s.key(namespace, name), self.encode(s, current), mod_rev)
+                except RevisionConflict:
+                    continue
+                meta["resourceVersion"] = str(revision)
+                if s.plural == "namespaces":
+                    self.start_namespace_cleanup(name)
+                return current, 200
+            if wo.dry_run:
+                return current, 200
+            try:
+                await backend.delete(s.key(namespace, name), mod_rev)
+            except RevisionConflict as exc:
+                if exc.current is None:
+                    raise errors.not_found(s.group, s.plural, name) from exc
+                continue
+            if s.return_deleted_object:
+                return current, 200
+            details: dict[str, Any] = {"name": name}
+            if s.group:
+                details["group"] = s.group
+            details["kind"] = s.plural
+            details["uid"] = meta.get("uid")
+            return errors.success_status(details), 200
+        raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
+
+    async def remove(self, s: Strategy, namespace: str, name: str, mod_rev: int) -> None:
+        try:
+            await self.backend_for(s).delete(s.key(namespace, name), mod_rev)
+        except RevisionConflict:
+            pass
+
+    async def delete_collection(self, s: Strategy, namespace: str, opts: ListOptions, options: Obj,
+                                wo: WriteOptions) -> Obj:
+        listed = await self.list(s, namespace, ListOptions(opts.label_selector, opts.field_selector))
+        deleted = []
+        for item in listed["items"]:
+            meta = item["metadata"]
+            try:
+                await self.delete(s, meta.get("namespace", ""), meta["name"], options, wo)
+                deleted.append(item)
+            except errors.ApiError as exc:
+                if exc.code != 404:
+                    raise
+        listed["items"] = deleted
+        return listed
+
+    # ------------------------------------------------------------------ namespace lifecycle
+    def start_namespace_cleanup(self, namespace: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.finalize_namespace(namespace))
+        self._ns_tasks.add(task)
+        task.add_done_callback(self._ns_tasks.discard)
+
+    async def finalize_namespace(self, namespace: str) -> None:
+        """What kube's namespace controller does: delete the namespace's content, then drop the finalizer."""
+        wo = WriteOptions(field_manager="namespace-controller")
+        try:
+            for _round in range(60):
+                remaining = 0
+                for s in self.strategies.values():
+                    if not s.namespaced or "list" not in s.verbs or s.storage in {"events"} and s.group:
+                        continue
+                    page = await self.list(s, namespace, ListOptions())
+                    for item in page["items"]:
+                        remaining += 1
+                        try:
+                            await self.delete(s, namespace, item["metadata"]["name"], {}, wo)
+                        except errors.ApiError:
+                            pass
+                if remaining == 0:
+                    break
+                await asyncio.sleep(0.5)
+            ns = self.strategies[("", "v1", "namespaces")]
+
+            def drop_finalizer(obj: Obj) -> Obj:
+                obj.setdefault("spec", {})["finalizers"] = [f for f in obj.get("spec", {}).get("finalizers", [])
+                                                            if f != "kubernetes"]
+                return obj
+
+            current, mod_rev = await self.read(ns, "", namespace)
+            current.setdefault("spec", {})["finalizers"] = [
+                f for f in current.get("spec", {}).get("finalizers", []) if f != "kubernetes"]
+            if current["metadata"].get("finalizers") or current["spec"]["finalizers"]:
+                await self.backend_for(ns).update(ns.key("", namespace), encode_for_storage(current), mod_rev)
+            else:
+                await self.remove(ns, "", namespace, mod_rev)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("finalizing namespace %s failed", namespace)
+
+    # ------------------------------------------------------------------ watch
+    async def watch(self, s: Strategy, namespace: str, name: str, opts: ListOptions, *, bookmarks: bool,
+                    timeout: float) -> AsyncIterator[bytes]:
+        """Watch events as JSON lines. Raises ApiError before the first line for bad selectors."""
+        flt = Filter(s, opts.label_selector, opts.field_selector)
+        cache = self.cache_for(s)
+        rv = opts.resource_version
+        initial: list[Obj] = []
+        if rv in ("", "0"):
+            listed = await self.list(s, namespace, ListOptions(opts.label_selector, opts.field_selector))
+            start_rev = int(listed["metadata"]["resourceVersion"])
+            initial = [item for item in listed["items"] if not name or item["metadata"]["name"] == name]
+        else:
+            try:
+                start_rev = int(rv)
+            except ValueError as exc:
+                raise errors.bad_request(f"invalid resource version: {rv}") from exc
+        key_prefix = s.key(namespace, name) if name else s.collection_prefix(namespace)
+        return self._watch_stream(s, cache, key_prefix, bool(name), start_rev, initial, flt, bookmarks, timeout)
+
+    async def _watch_stream(self, s: Strategy, cache: WatchCache, key_prefix: bytes, exact: bool, start_rev: int,
+                            initial: list[Obj], flt: Filter, bookmarks: bool, timeout: float) -> AsyncIterator[bytes]:
+        dumps = orjson.dumps
+        try:
+            sub: Subscription = cache.subscribe(s.prefix, key_prefix, exact, start_rev)
+        except RevisionCompacted as exc:
+            yield dumps({"type": "ERROR", "object": errors.status(
+                410, "Expired", f"too old resource version: {start_rev} ({exc.compact_revision})")}) + b"\n"
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else None
+        last_rev = start_rev
+        try:
+            for obj in initial:
+                obj["kind"] = s.kind
+                obj["apiVersion"] = s.api_version
+                yield dumps({"type": "ADDED", "object": obj}) + b"\n"
+            while True:
+                wait = BOOKMARK_INTERVAL
+                if deadline is not None:
+                    wait = min(wait, deadline - loop.time())
+                    if wait <= 0:
+                        break
+                await sub.wait(wait)
+                if not sub.queue:
+                    if sub.ended:
+                        break
+                    if bookmarks and cache.revision > 0:
+                        last_rev = max(last_rev, cache.revision)
+                        yield dumps({"type": "BOOKMARK", "object": {
+                            "kind": s.kind, "apiVersion": s.api_version,
+                            "metadata": {"resourceVersion": str(last_rev)}}}) + b"\n"
+                    continue
+                out = []
+                while sub.queue:
+                    ev = sub.queue.popleft()
+                    last_rev = ev.revision
+                    line = self._event_line(ev, flt, s)
+                    if line is not None:
+                        out.append(line)
+                if out:
+                    yield b"".join(out)
+        finally:
+            sub.close()
+
+    @staticmethod
+    def _event_line(ev: Any, flt: Filter, s: Strategy) -> bytes | None:
+        obj = ev.obj()
+        if obj is None:
+            return None
+        if s.from_storage is not None:
+            obj = s.from_storage(copy.deepcopy(obj))
+        if ev.deleted:
+            kind = "DELETED" if flt.empty or flt.matches(obj) else None
+        elif ev.prev_value is None:
+            kind = "ADDED" if flt.empty or flt.matches(obj) else None
+        elif flt.empty:
+            kind = "MODIFIED"
+        else:
+            now, before = flt.matches(obj), flt.matches(ev.prev())
+            kind = "MODIFIED" if now and before else "ADDED" if now else "DELETED" if before else None
+        if kind is None:
+            return None
+        if s.from_storage is not None:
+            return orjson.dumps({"type": kind, "object": obj}) + b"\n"
+        line = ev.lines.get(kind)
+        if line is None:
+            line = ev.lines[kind] = orjson.dumps({"type": kind, "object": obj}) + b"\n"
+        return line
+

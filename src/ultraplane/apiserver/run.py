@@ -1,0 +1,190 @@
+"""Starting an API server: PKI and kubeconfig, registry with the built-in resources, bootstrap objects.
+
+Used by ``ultraplane up`` (in-process store) and ``ultraplane apiserver`` (remote etcd endpoints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ultraplane import pki
+from ultraplane.apiserver import errors
+from ultraplane.apiserver.app import ApiServer, load_token_file
+from ultraplane.apiserver.registry import ListOptions, Obj, Registry, WriteOptions
+from ultraplane.apiserver.resources import (
+    ClusterIPAllocator,
+    bootstrap_namespace,
+    builtin_strategies,
+    kubernetes_service,
+)
+from ultraplane.apiserver.server import serve_http
+from ultraplane.apiserver.storage import Backend
+
+log = logging.getLogger("ultraplane.apiserver")
+
+BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+ADMIN_USER = "kubernetes-admin"
+
+
+@dataclass
+class ApiserverPki:
+    ca_cert: Path
+    serving_cert: Path
+    serving_key: Path
+    admin_cert: Path
+    admin_key: Path
+
+
+def ensure_pki(pki_dir: Path, host: str, service_ip: str) -> ApiserverPki:
+    ca = pki.ensure_ca(pki_dir)
+    hosts = sorted({host, "127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local", service_ip})
+    serving = pki.issue(ca, pki_dir, "apiserver", "kube-apiserver", server_hosts=hosts)
+    admin = pki.issue(ca, pki_dir, "admin", ADMIN_USER, client=True, organizations=["system:masters"])
+    return ApiserverPki(ca.cert, serving.cert, serving.key, admin.cert, admin.key)
+
+
+def write_kubeconfig(path: Path, server: str, files: ApiserverPki) -> None:
+    import base64
+
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
+    text = f"""apiVersion: v1
+kind: Config
+clusters:
+- name: ultraplane
+  cluster:
+    server: {server}
+    certificate-authority-data: {b64(files.ca_cert)}
+users:
+- name: {ADMIN_USER}
+  user:
+    client-certificate-data: {b64(files.admin_cert)}
+    client-key-data: {b64(files.admin_key)}
+contexts:
+- name: {ADMIN_USER}@ultraplane
+  context:
+    cluster: ultraplane
+    user: {ADMIN_USER}
+current-context: {ADMIN_USER}@ultraplane
+preferences: {{}}
+"""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def serving_context(files: ApiserverPki) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(files.serving_cert), str(files.serving_key))
+    ctx.load_verify_locations(str(files.ca_cert))
+    ctx.verify_mode = ssl.CERT_OPTIONAL  # certificates authenticate; tokens (or anonymous) otherwise
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+@dataclass
+class ApiserverConfig:
+    host: str = "127.0.0.1"
+    port: int = 6443
+    service_cidr: str = "10.96.0.0/12"
+    token_file: str | None = None
+    anonymous: bool = False
+    overrides: dict[str, Backend] = field(default_factory=dict)
+    compaction_interval: float = 300.0
+
+
+class RunningApiserver:
+    def __init__(self, registry: Registry, app: ApiServer, listener: asyncio.Server) -> None:
+        self.registry = registry
+        self.app = app
+        self.listener = listener
+
+    async def stop(self) -> None:
+        self.listener.close()
+        await self.registry.close()
+
+
+async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: ApiserverPki) -> RunningApiserver:
+    registry = Registry(backend, cfg.overrides, compaction_interval=cfg.compaction_interval)
+    for strategy in builtin_strategies():
+        registry.register(strategy)
+    allocator = ClusterIPAllocator(cfg.service_cidr)
+    install_service_admission(registry, allocator)
+    await registry.start()
+    app = ApiServer(registry, tokens=load_token_file(cfg.token_file), anonymous=cfg.anonymous,
+                    address=f"{cfg.host}:{cfg.port}")
+    await asyncio.get_running_loop().run_in_executor(None, app.load_schemas)
+    await bootstrap(registry, allocator, cfg.host, cfg.port)
+    listener = await serve_http(app.handle, cfg.host, cfg.port, serving_context(files))
+    log.info("API server serving on https://%s:%d", cfg.host, cfg.port)
+    return RunningApiserver(registry, app, listener)
+
+
+def install_service_admission(registry: Registry, allocator: ClusterIPAllocator) -> None:
+    lock = asyncio.Lock()
+    services = registry.strategies[("", "v1", "services")]
+
+    async def allocate(obj: Obj) -> None:
+        spec = obj.setdefault("spec", {})
+        if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
+            return
+        async with lock:
+            listed = await registry.list(services, "", ListOptions())
+            taken = {ip for item in listed["items"] for ip in (item.get("spec") or {}).get("clusterIPs") or []}
+            wanted = spec.get("clusterIP")
+            if wanted:
+                if wanted in taken:
+                    raise errors.invalid("Service", "", obj["metadata"].get("name", ""), [{
+                        "reason": "FieldValueInvalid", "field": "spec.clusterIPs",
+                        "message": f'Invalid value: []string{{"{wanted}"}}: failed to allocate IP {wanted}: '
+                                   f'provided IP is already allocated'}])
+                return
+            ip = allocator.allocate(taken)
+            spec["clusterIP"] = ip
+            spec["clusterIPs"] = [ip]
+
+    registry.admission["services"] = allocate
+
+
+async def bootstrap(registry: Registry, allocator: ClusterIPAllocator, host: str, port: int) -> None:
+    """What kube-apiserver's bootstrap controllers create: system namespaces and the kubernetes service."""
+    wo = WriteOptions(field_manager="kube-apiserver")
+    namespaces = registry.strategies[("", "v1", "namespaces")]
+    for name in BOOTSTRAP_NAMESPACES:
+        try:
+            await registry.create(namespaces, "", bootstrap_namespace(name), wo)
+        except errors.ApiError as exc:
+            if exc.code != 409:
+                raise
+    services = registry.strategies[("", "v1", "services")]
+    try:
+        await registry.get(services, "default", "kubernetes")
+    except errors.ApiError as exc:
+        if exc.code != 404:
+            raise
+        await registry.create(services, "default", kubernetes_service(allocator.first(), port), wo)
+    # the endpoints of the kubernetes service: this API server (kube's endpoint reconciler)
+    endpoints = registry.strategies[("", "v1", "endpoints")]
+    address = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    body = {"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port,
+                                                                     "protocol": "TCP"}]}]}
+    try:
+        current = await registry.get(endpoints, "default", "kubernetes")
+        if current.get("subsets") != body["subsets"]:
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            await registry.update(endpoints, "default", "kubernetes", body, wo)
+    except errors.ApiError as exc:
+        if exc.code != 404:
+            raise
+        await registry.create(endpoints, "default", body, wo)
