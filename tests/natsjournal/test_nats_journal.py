@@ -288,3 +288,51 @@ async def test_follower_tails_then_claims_and_fences_the_old_writer(cluster: Nat
     again = journal(cluster, stream_name)
     assert list((await again.open_async()).records) == tailed + [b"new"]
     await again.close()
+
+
+async def test_follower_fetch_batch_streams_many_messages_per_call(cluster: NatsCluster, stream_name: str) -> None:
+    """fetch_batch() takes every message that has arrived from the ordered consumer at once, in
+    order, and ends at the writer's last message; later appends arrive on the same consumer."""
+    writer = journal(cluster, stream_name, max_batch_bytes=200)  # small batches: many messages
+    await writer.open_async()
+    follower = journal(cluster, stream_name)
+    await follower.open_async()
+    assert await follower.fetch_batch(wait=0.05) == []
+    await asyncio.gather(*(writer.append(f"r{i:03d}".encode() * 10) for i in range(300)))
+    assert writer.stats.batches >= 20
+    tailed: list[bytes] = []
+    calls = 0
+    while follower.last_stream_seq < writer.last_stream_seq:
+        got = await follower.fetch_batch(wait=1.0)
+        calls += 1
+        for _, records in got:
+            tailed += records
+    assert tailed == [f"r{i:03d}".encode() * 10 for i in range(300)]
+    assert calls < writer.stats.batches, "one request per message: the consumer did not batch"
+    assert await follower.fetch_batch(wait=0.05) == []
+    await writer.append(b"later")
+    got = await follower.fetch_batch(wait=2.0)
+    assert [r for _, records in got for r in records] == [b"later"]
+    await follower.close()
+    await writer.close()
+
+
+async def test_retry_of_a_publish_that_landed_is_not_a_fence(cluster: NatsCluster, stream_name: str) -> None:
+    """A publish whose ack was lost is retried with the same message id and the old expected
+    sequence; the server refuses it as "wrong last sequence" although the message is our own.
+    The journal recognizes its message and carries on instead of fencing itself."""
+    j = journal(cluster, stream_name)
+    await j.open_async()
+    await j.append(b"a")
+    before = j.last_stream_seq
+    payload = encode_batch(2, [b"b"])
+    landed = await j._publish(payload, "lost-ack-1")  # lands at before + 1
+    assert landed > before
+    # the retry: same id, still expecting the sequence before the first attempt landed
+    j._last_subject_seq = before
+    assert await j._publish(payload, "lost-ack-1") == landed
+    # a different message with a stale expectation is still fenced
+    j._last_subject_seq = before
+    with pytest.raises(JournalFenced):
+        await j._publish(encode_batch(2, [b"c"]), "someone-else")
+    await j.close()

@@ -20,7 +20,7 @@ from ultraplane.checker.watch import check_watches
 from ultraplane.etcd.proto import rpc_pb2, rpc_pb2_grpc
 from ultraplane.natscluster import NatsCluster
 
-RESUME_BOUND_S = 15.0  # generous for a loaded 2-core CI machine; the target is 5 s
+WRITE_RESUME_TARGET_S = 5.0  # issue 3: writes resume within 5 s of a fault
 
 
 def etcdctl(member: Member, *args: str) -> str:
@@ -141,7 +141,7 @@ def test_kill9_writer(group: GroupFactory) -> None:
 
     outcome = asyncio.run(run_with_fault(members, fault, survivors=survivors, live_watch=survivors))
     report("kill -9 writer: writes resumed after (s)", outcome.resume_seconds)
-    assert outcome.resume_seconds is not None and outcome.resume_seconds < RESUME_BOUND_S
+    assert outcome.resume_seconds is not None and outcome.resume_seconds <= WRITE_RESUME_TARGET_S
     assert writer_of(survivors) in survivors
 
 
@@ -156,7 +156,7 @@ def test_kill9_follower(group: GroupFactory) -> None:
 
     outcome = asyncio.run(run_with_fault(members, fault, survivors=survivors, live_watch=survivors))
     report("kill -9 follower: writes resumed after (s)", outcome.resume_seconds)
-    assert outcome.resume_seconds is not None and outcome.resume_seconds < RESUME_BOUND_S
+    assert outcome.resume_seconds is not None and outcome.resume_seconds <= WRITE_RESUME_TARGET_S
     assert writer_of(survivors) is writer
     # the victim restarts on its data dir and catches up
     victim.start()
@@ -180,20 +180,36 @@ async def stream_leader_index(cluster: NatsCluster, stream: str = "ULTRAPLANE") 
     return next(n.index for n in cluster.nodes if n.name == info.cluster.leader)
 
 
-def test_kill9_nats_node(group: GroupFactory, nats_cluster: NatsCluster) -> None:
-    """kill -9 of the NATS node that leads the journal stream, mid-load."""
+# nats-server's Raft waits 4-9 s (minElectionTimeoutDefault..maxElectionTimeoutDefault in
+# server/raft.go, not configurable) after its leader's last heartbeat before a follower campaigns;
+# a stream whose leader is killed takes writes again only then, plus up to 0.8 s of campaigning.
+# A graceful stop hands leadership over first (as lame-duck mode does), so that case meets 5 s.
+NATS_RAFT_ELECTION_MAX_S = 9.0 + 0.8
+
+
+@pytest.mark.parametrize(("how", "which", "bound"), [
+    ("stop", "leader", WRITE_RESUME_TARGET_S),
+    ("kill", "other", WRITE_RESUME_TARGET_S),
+    ("kill", "leader", NATS_RAFT_ELECTION_MAX_S + 1.5),
+])
+def test_nats_node_fault(group: GroupFactory, nats_cluster: NatsCluster, how: str, which: str,
+                         bound: float) -> None:
+    """kill -9 or SIGTERM of one NATS node mid-load: the one leading the journal stream (the
+    hardest to lose), or one that does not."""
     members = group(3)
-    victim = asyncio.run(stream_leader_index(nats_cluster))
+    leader = asyncio.run(stream_leader_index(nats_cluster))
+    victim = leader if which == "leader" else next(n.index for n in nats_cluster.nodes if n.index != leader)
 
     async def fault() -> None:
-        nats_cluster.kill(victim)
+        # off the event loop: stop() waits for the node to exit, which would stall the load
+        await asyncio.to_thread(nats_cluster.kill if how == "kill" else nats_cluster.stop, victim)
 
     async def heal() -> None:
         await asyncio.to_thread(nats_cluster.start, victim)
 
     outcome = asyncio.run(run_with_fault(members, fault, survivors=members, live_watch=members, heal=heal))
-    report("kill -9 NATS node: writes resumed after (s)", outcome.resume_seconds)
-    assert outcome.resume_seconds is not None and outcome.resume_seconds < RESUME_BOUND_S
+    report(f"{how} NATS node ({which}): writes resumed after (s)", outcome.resume_seconds)
+    assert outcome.resume_seconds is not None and outcome.resume_seconds <= bound
 
 
 def test_sigstop_writer_is_fenced_and_rejoins(group: GroupFactory) -> None:
@@ -209,7 +225,7 @@ def test_sigstop_writer_is_fenced_and_rejoins(group: GroupFactory) -> None:
     # the old writer's open watch must carry on across its rebuild, identical to the others
     outcome = asyncio.run(run_with_fault(members, fault, survivors=members, live_watch=members))
     report("SIGSTOP writer: writes resumed after (s)", outcome.resume_seconds)
-    assert outcome.resume_seconds is not None and outcome.resume_seconds < RESUME_BOUND_S
+    assert outcome.resume_seconds is not None and outcome.resume_seconds <= WRITE_RESUME_TARGET_S
     assert writer_of(members) in others, "a new writer took over while the old one was stopped"
     log = writer.log_path.read_text()
     assert "no longer the writer" in log

@@ -23,7 +23,8 @@ anyone else appended to the subject meanwhile, the server refuses with "wrong la
 accepts no further writes. A publish whose outcome is unknown (timeout, reconnect, leader
 election) is retried with the same ``Nats-Msg-Id`` (unique per journal instance and batch), so
 the server's duplicate window turns a retry of a message that did land into a duplicate ack
-rather than a second copy or a false fencing.
+rather than a second copy; and since nats-server may check the expected sequence first, a "wrong
+last sequence" whose last message carries our own message id counts as landed, not as fencing.
 
 Only one publish is in flight at a time; records appended meanwhile form the next batch.
 
@@ -131,6 +132,18 @@ def decode_batch(data: bytes) -> tuple[int, list[bytes]]:
     return first, records
 
 
+def _take_pending(sub: Any) -> Any:
+    """The next message already buffered on a subscription, or None; without awaiting (what
+    Subscription.next_msg does, minus its task and timer)."""
+    queue = sub._pending_queue
+    if queue.empty():
+        return None
+    msg = queue.get_nowait()
+    sub._pending_size -= len(msg.data)
+    queue.task_done()
+    return msg
+
+
 class NatsJournal:
     """A Journal over one subject of a replicated JetStream stream. See the module docstring."""
 
@@ -198,6 +211,8 @@ class NatsJournal:
         self._wake: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._snapshot_lock: asyncio.Lock | None = None
+        self._tail_sub: Any = None  # a replica's ordered consumer (fetch_batch)
+        self._tail_from = 0  # the stream sequence it was opened (or has advanced) to
 
     # ------------------------------------------------------------------------------ connect
 
@@ -212,8 +227,9 @@ class NatsJournal:
         )
         return nc, nc.jetstream(timeout=self.publish_timeout)
 
-    async def _retrying(self, what: str, call: Any) -> Any:
-        """Run ``await call()``, retrying transient cluster errors (elections, reconnects)."""
+    async def _retrying(self, what: str, call: Any, max_delay: float = 1.0) -> Any:
+        """Run ``await call()``, retrying transient cluster errors (elections, reconnects)
+        with a back-off that doubles up to ``max_delay``."""
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
         while True:
@@ -226,7 +242,7 @@ class NatsJournal:
                     raise JournalError(f"journal: {what} failed for {self.retry_seconds} s: {exc!r}") from exc
                 self.log.debug("journal: %s failed (%r), retrying", what, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, max_delay)
 
     # --------------------------------------------------------------------------------- open
 
@@ -330,11 +346,10 @@ class NatsJournal:
         base = _Snapshot("", 0, 0, 0)
         for snap in reversed(snapshots):
             try:
-                result = await self._retrying("snapshot read", lambda s=snap: store.get(s.name))
+                payload = await self._retrying("snapshot read", lambda s=snap: self._read_object(store, s.name))
             except Exception as exc:  # noqa: BLE001 - fall back to the snapshot before it
                 self.log.warning("journal: snapshot %s unreadable (%r), trying the one before", snap.name, exc)
                 continue
-            payload = bytes(result.data or b"")
             base = snap
             break
         if snapshots and payload is None:
@@ -363,6 +378,14 @@ class NatsJournal:
                 yield from batch
 
         return Recovery(io.BytesIO(payload) if payload is not None else None, records())
+
+    @staticmethod
+    async def _read_object(store: Any, name: str) -> bytes:
+        # Into a buffer: without one, nats-py grows a bytes object chunk by chunk, which copies
+        # the object over and over (minutes for a snapshot of a gigabyte).
+        buffer = io.BytesIO()
+        await store.get(name, writeinto=buffer)
+        return buffer.getvalue()
 
     async def _read_messages(self, js: JetStreamContext, start: int, last: int) -> list[tuple[int, bytes]]:
         """Every message on our subject with stream sequence in [start, last], in order."""
@@ -532,6 +555,9 @@ class NatsJournal:
                 ack = await js.publish(self.subject, payload, timeout=self.publish_timeout, headers=headers)
             except APIError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
+                    landed = await self._own_last_message(msg_id)
+                    if landed is not None:
+                        return landed
                     raise JournalFenced(
                         f"journal {self.subject}: another writer appended after stream sequence "
                         f"{expected}; this instance is fenced ({exc.description})") from exc
@@ -540,7 +566,23 @@ class NatsJournal:
                 raise
             return int(ack.seq)
 
-        return int(await self._retrying("publish", once))
+        # While the stream elects a leader each attempt is answered at once ("no responders"):
+        # retry often, so the first batch lands within ~0.1 s of the new leader.
+        return int(await self._retrying("publish", once, max_delay=0.1))
+
+    async def _own_last_message(self, msg_id: str) -> int | None:
+        """After "wrong last sequence": the stream sequence of the subject's last message if it
+        is our own ``msg_id`` (an earlier attempt landed but its ack was lost, and nats-server
+        checks the expected sequence before its duplicate window), else None."""
+        assert self._js is not None
+        try:
+            last = await self._js.get_last_msg(self.stream, self.subject)
+        except NotFoundError:
+            return None
+        if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
+            self.log.info("journal: %s: a retried publish had landed at sequence %s", self.subject, last.seq)
+            return int(last.seq or 0)
+        return None
 
     def _fail(self, exc: BaseException) -> None:
         self._failure = exc
@@ -595,6 +637,87 @@ class NatsJournal:
         self._message_bytes += len(data)
         self._bytes_since_snapshot += len(data)
         return seq, records
+
+    async def fetch_batch(self, max_messages: int = 1024, wait: float = 0.25) -> list[tuple[int, list[bytes]]]:
+        """For a replica: the messages after our position that have arrived, as fetch_next()
+        returns them, up to ``max_messages``, waiting up to ``wait`` seconds for the first; an
+        empty list means the leader holds nothing after our position.
+
+        They come from an ordered push consumer (the stream leader streams them; no request per
+        message). The consumer is only trusted for speed: every message must continue exactly
+        from our position, and when it is silent for ``wait`` (idle, or stalled by a leader
+        election it has not recovered from) one fetch_next() asks the leader directly; if that
+        finds a message the consumer is recreated from the new position.
+
+        Cancellation-safe: nothing is awaited once the position has moved, so a caller that is
+        cancelled has either received every message it advanced over or advanced over none."""
+        self._check_usable()
+        if self._js is None:
+            raise JournalError("fetch_batch() needs a journal opened with open_async()")
+        if self._tail_sub is None or self._tail_from != self._last_subject_seq + 1:
+            await self._open_tail()
+        sub = self._tail_sub
+        assert sub is not None
+        try:
+            msg = await sub.next_msg(timeout=wait)
+        except nats.errors.TimeoutError:
+            got = await self.fetch_next()
+            if got is None:
+                return []
+            self._tail_from = -1  # it fell behind or stalled: reopen from here next time
+            return [got]
+        out: list[tuple[int, list[bytes]]] = []
+        while msg is not None:
+            accepted = self._accept_tail(msg)
+            if accepted is False:
+                # not the next message (a consumer gap): read from the leader instead
+                self._tail_from = -1
+                if out:
+                    return out
+                got = await self.fetch_next()
+                return [got] if got is not None else []
+            if accepted is not None:
+                out.append(accepted)  # type: ignore[arg-type]
+                self._tail_from = self._last_subject_seq + 1
+            if len(out) >= max_messages:
+                break
+            msg = _take_pending(sub)
+        return out
+
+    def _accept_tail(self, msg: Any) -> tuple[int, list[bytes]] | None | bool:
+        """The consumer's message applied to our position; None for one we already have, False
+        for a gap."""
+        seq = int(msg.metadata.sequence.stream)
+        if seq <= self._last_subject_seq:
+            return None
+        data = bytes(msg.data or b"")
+        first, records = decode_batch(data)
+        if first != self._durable_no + 1:
+            return False
+        self._durable_no = self._appended_no = first + len(records) - 1
+        self._last_subject_seq = seq
+        self._messages.append((seq, len(data)))
+        self._message_bytes += len(data)
+        self._bytes_since_snapshot += len(data)
+        return seq, records
+
+    async def _open_tail(self) -> None:
+        await self.close_tail()
+        assert self._js is not None
+        start = self._last_subject_seq + 1
+        self._tail_sub = await self._js.subscribe(
+            self.subject, stream=self.stream, ordered_consumer=True, idle_heartbeat=1.0,
+            pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 31,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
+        )
+        self._tail_from = start
+
+    async def close_tail(self) -> None:
+        """Stop the consumer fetch_batch() reads from (a replica that becomes the writer)."""
+        sub, self._tail_sub = self._tail_sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def remote_last_seq(self) -> int:
         """The stream sequence of the newest message on our subject, asked of the stream
@@ -723,6 +846,7 @@ class NatsJournal:
         finally:
             self._closing = True
             self._closed = True
+            await self.close_tail()
             if self._nc is not None:
                 nc, self._nc, self._js = self._nc, None, None
                 with contextlib.suppress(Exception):

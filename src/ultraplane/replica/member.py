@@ -3,8 +3,9 @@ a subject of a replicated NATS JetStream stream, and never talk to each other di
 
 Roles::
 
-    FOLLOWER    tails the stream and applies each batch through Store.apply_replicated (the
-                replay path recovery uses): it never applies anything speculatively
+    FOLLOWER    tails the stream (an ordered push consumer, NatsJournal.fetch_batch) and applies
+                each batch through Store.apply_replicated (the replay path recovery uses): it
+                never applies anything speculatively
     WRITER      holds the writer lease; its Store works as a single store does (speculative
                 apply, group-committed append, visible once durable)
     CHANGING    promotion or demotion in progress: writes wait for a writer
@@ -202,8 +203,6 @@ class ReplicaMember:
         self._lease_rev = 0
         self._renewed_at = 0.0
         self._rpc_sub: Any = None
-        self._wake_sub: Any = None
-        self._wake = asyncio.Event()
         self._apply_lock = asyncio.Lock()
         self._writer_change_waiters: set[asyncio.Future[None]] = set()
         self._unverified = False  # lease re-taken after a lapse, journal not yet checked
@@ -246,8 +245,6 @@ class ReplicaMember:
         )
         self.service.member = self
         self._local = self.service.methods()
-        journal_subject = f"ultraplane.journal.{cfg.partition}"
-        self._wake_sub = await self._nc.subscribe(journal_subject, cb=self._on_journal_message)
         self.role = Role.FOLLOWER
         self._start_tail()
         loop = asyncio.get_running_loop()
@@ -346,46 +343,41 @@ class ReplicaMember:
     def applied_seq(self) -> int:
         return self.journal.last_stream_seq if self.journal is not None else 0
 
-    async def _on_journal_message(self, msg: Any) -> None:
-        # A wake-up only: a core NATS subscriber also sees batches the stream refused, so the
-        # data itself is always read back from the stream.
-        self._wake.set()
-
     def _start_tail(self) -> None:
         self._tail_task = asyncio.get_running_loop().create_task(self._tail_loop(), name="replica-tail")
 
     async def _stop_tail(self) -> None:
-        # Ask the tail to stop at its next step (it checks that it is still the tail), and
-        # cancel it only if it does not; the apply lock keeps a straggler from applying
-        # concurrently with whoever reads the stream next.
+        # Cancelling is safe (fetch_batch never loses a message it advanced over, and applying
+        # a batch does not await); waiting for the task under the apply lock's protection keeps
+        # a straggler from applying concurrently with whoever reads the stream next.
         task, self._tail_task = self._tail_task, None
         if task is not None:
-            self._wake.set()
-            done, _ = await asyncio.wait({task}, timeout=1.0)
-            if not done:
-                task.cancel()
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
-    async def _apply_available(self, tail: asyncio.Task[None] | None = None) -> int:
-        """Apply every message after our position; returns how many. ``tail``: stop as soon
-        as that task is no longer the member's tail."""
+    async def _apply_available(self, tail: asyncio.Task[None] | None = None, wait: float = 0.02) -> int:
+        """Apply every message after our position, as far as the stream leader has them;
+        returns how many. ``tail``: stop as soon as that task is no longer the member's tail."""
         count = 0
         async with self._apply_lock:
             while tail is None or self._tail_task is tail:
                 assert self.journal is not None and self.store is not None
-                got = await self.journal.fetch_next()
-                if got is None:
+                batch = await self.journal.fetch_batch(max_messages=256, wait=wait)
+                if not batch:
                     break
-                self.store.apply_replicated(got[1])
-                count += 1
+                for _, records in batch:
+                    self.store.apply_replicated(records)
+                count += len(batch)
                 self._resolve_applied()
         return count
 
     async def _tail_loop(self) -> None:
         me = asyncio.current_task()
         while self._tail_task is me:
-            self._wake.clear()
             try:
-                if await self._apply_available(me):
+                # the consumer pushes new batches as they land; idle, this checks the leader
+                # every quarter second
+                if await self._apply_available(me, wait=0.25):
                     continue
             except asyncio.CancelledError:
                 raise
@@ -399,8 +391,6 @@ class ReplicaMember:
                 log.debug("replica: tail read failed (%r), retrying", exc)
                 await asyncio.sleep(0.1)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0.25)
 
     def _resolve_applied(self) -> None:
         seq = self.applied_seq
@@ -489,6 +479,8 @@ class ReplicaMember:
         assert self.journal is not None
         try:
             remote = await self.journal.remote_last_seq()
+            # the stream may already hold our own publishes whose acks are still on the way
+            await asyncio.wait_for(self.journal.flush(), self.config.lease_ttl)
         except Exception as exc:  # noqa: BLE001 - try again at the next renewal
             log.debug("replica: journal check failed: %r", exc)
             return
@@ -536,6 +528,7 @@ class ReplicaMember:
         async def catch_up_and_claim() -> None:
             await self._apply_available()
             assert self.journal is not None
+            await self.journal.close_tail()  # the writer's own batches need not come back to it
             await self.journal.claim()
 
         try:
