@@ -93,7 +93,8 @@ class Cluster:
     def start_inprocess(self, *flags: str) -> None:
         self.etcd_port = free_port()
         self.spawn([*ultraplane_command(), "up", "--data-dir", str(self.work_dir / "data"),
-                    "--etcd-port", str(self.etcd_port), "--secure-port", str(self.port), "--unsafe-no-fsync", *flags],
+                    "--etcd-port", str(self.etcd_port), "--secure-port", str(self.port), "--unsafe-no-fsync",
+                    *([] if "--nodes" in flags or "--node-type" in flags else ["--nodes", "0"]), *flags],
                    "up")
         self.wait_ready()
 
@@ -124,9 +125,14 @@ def start_cluster(backend: str, *flags: str) -> Cluster:
     return cluster
 
 
+# These suites test the API server itself, so `up` runs without the cluster components (the etcd
+# backend's `ultraplane apiserver` has none): a scheduler binding the tests' pods would race them.
+API_ONLY_FLAGS = ("--no-scheduler",)
+
+
 @pytest.fixture(scope="module", params=["inprocess", "etcd"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    c = start_cluster(request.param)
+    c = start_cluster(request.param, *API_ONLY_FLAGS)
     yield c
     c.stop()
     if os.environ.get("ULTRAPLANE_KEEP_TEST_DIRS") != "1":

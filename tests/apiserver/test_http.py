@@ -112,8 +112,8 @@ def test_metrics(cluster: Cluster) -> None:
     status, headers, body = request(cluster, "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     text = body.decode()
-    assert ('apiserver_request_total{component="apiserver",verb="GET",group="",version="v1",resource="namespaces",'
-            'subresource="",scope="resource",code="200"}') in text
+    assert ('apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="namespaces",'
+            'scope="resource",subresource="",verb="GET",version="v1"}') in text
     assert "apiserver_request_duration_seconds_bucket{" in text
     assert 'apiserver_current_inflight_requests{request_kind="readOnly"} 1' in text
 

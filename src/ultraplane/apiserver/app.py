@@ -2,8 +2,8 @@
 
 ``ApiServer.handle`` takes a parsed HTTP request (server.py) and returns a response. Layers:
 
-1. authenticate: verified client certificate (CN = user, O = groups) or a bearer token from the
-   static token file; anonymous only when enabled.
+1. authenticate (authn.py): verified client certificate (CN = user, O = groups), a static or
+   service-account bearer token, anonymous only when enabled; then Impersonate-* headers.
 2. parse the path into kube's RequestInfo (verb, group, version, namespace, resource, name,
    subresource).
 3. authorize: ``system:masters`` may do everything (RBAC comes later); others get kube's 403.
@@ -13,18 +13,20 @@
 
 from __future__ import annotations
 
-import bisect
 import csv
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ultraplane.apiserver import errors
+from ultraplane.apiserver import errors, rbac
+from ultraplane.apiserver.authn import Authenticator, ImpersonationError, User, wants_impersonation
 from ultraplane.apiserver.errors import ApiError
+from ultraplane.apiserver.metrics import RequestMetrics
 from ultraplane.apiserver.registry import (
     ListOptions,
     Obj,
@@ -40,17 +42,12 @@ log = logging.getLogger("ultraplane.apiserver")
 
 DISCOVERY_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 KUBE_VERSION = "v1.32.0"
-PUBLIC_PATHS = {"/healthz", "/livez", "/readyz", "/version"}
-SELF_REVIEWS = {"selfsubjectaccessreviews", "selfsubjectrulesreviews", "selfsubjectreviews"}
 SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "scale": ["get", "patch", "update"],
-                     "binding": ["create"], "finalize": ["update"]}
-
-
-@dataclass
-class User:
-    name: str
-    groups: list[str]
-    uid: str = ""
+                     "binding": ["create"], "finalize": ["update"], "eviction": ["create"], "log": ["get"],
+                     "token": ["create"]}
+# subresources answering with another kind than their resource's (discovery's responseKind)
+SUBRESOURCE_KINDS = {"scale": ("autoscaling", "v1", "Scale"), "binding": ("", "v1", "Binding"),
+                     "eviction": ("policy", "v1", "Eviction"), "token": ("authentication.k8s.io", "v1", "TokenRequest")}
 
 
 @dataclass
@@ -77,6 +74,16 @@ def load_token_file(path: str | None) -> dict[str, User]:
             groups = [g for g in (row[3].split(",") if len(row) > 3 else []) if g]
             tokens[row[0]] = User(row[1], groups, row[2] if len(row) > 2 else "")
     return tokens
+
+
+def name_from_field_selector(selector: str) -> str:
+    """The name a list/watch selects with ``metadata.name=X`` (kube authorizes it as a request for X)."""
+    for term in selector.split(","):
+        for op in ("==", "="):
+            key, sep, value = term.partition(op)
+            if sep and key.strip() == "metadata.name" and not key.endswith("!"):
+                return value.strip()
+    return ""
 
 
 def served_version() -> str:
@@ -124,72 +131,27 @@ def error_response(exc: ApiError) -> Response:
     return Response(exc.code, orjson.dumps(exc.status))
 
 
-DURATION_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30,
-                    45, 60)
+def storage_error_text(exc: Exception) -> str | None:
+    """etcd's own text for a storage failure (e.g. "etcdserver: mvcc: database space exceeded" past the
+    quota), which kube-apiserver passes on as a 500 Status without a reason; None for other errors."""
+    from ultraplane.store.errors import StoreError
 
-
-class Metrics:
-    """The request metrics kube-apiserver exports, in Prometheus text format (names and labels as kube's)."""
-
-    def __init__(self) -> None:
-        self.inflight = {False: 0, True: 0}
-        self.requests: dict[tuple[str, ...], int] = {}
-        self.durations: dict[tuple[str, ...], list[float]] = {}  # per-bucket counts + [sum, count]
-
-    def observe(self, info: RequestInfo | None, code: int, seconds: float) -> None:
-        if info is None:
-            labels = ("", "", "", "", "", "", "")
-        else:
-            scope = "resource" if info.name else "namespace" if info.namespace else "cluster"
-            verb = {"list": "LIST", "watch": "WATCH", "get": "GET", "create": "POST", "update": "PUT",
-                    "patch": "PATCH", "delete": "DELETE", "deletecollection": "DELETE"}.get(info.verb, info.verb)
-            labels = (verb, info.group, info.version, info.resource, info.subresource, scope)
-        key = (*labels[:6], str(code))
-        self.requests[key] = self.requests.get(key, 0) + 1
-        buckets = self.durations.get(labels[:6])
-        if buckets is None:
-            buckets = self.durations[labels[:6]] = [0.0] * (len(DURATION_BUCKETS) + 2)
-        buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # cumulated when rendered
-        buckets[-2] += seconds
-        buckets[-1] += 1
-
-    def render(self) -> bytes:
-        names = ("verb", "group", "version", "resource", "subresource", "scope")
-        out = ["# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, dry run "
-               "value, group, version, resource, scope, component, and HTTP response code.",
-               "# TYPE apiserver_request_total counter"]
-        for key, count in sorted(self.requests.items()):
-            labels = ",".join(f'{n}="{v}"' for n, v in zip((*names, "code"), key, strict=True))
-            out.append(f'apiserver_request_total{{component="apiserver",{labels}}} {count}')
-        out += ["# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb, "
-                "dry run value, group, version, resource, subresource, scope and component.",
-                "# TYPE apiserver_request_duration_seconds histogram"]
-        for key, buckets in sorted(self.durations.items()):
-            labels = ",".join(f'{n}="{v}"' for n, v in zip(names, key, strict=True))
-            cumulative = 0
-            for bound, count in zip(DURATION_BUCKETS, buckets, strict=False):
-                cumulative += int(count)
-                out.append(f'apiserver_request_duration_seconds_bucket{{component="apiserver",{labels},'
-                           f'le="{bound}"}} {cumulative}')
-            out.append(f'apiserver_request_duration_seconds_bucket{{component="apiserver",{labels},le="+Inf"}} '
-                       f'{int(buckets[-1])}')
-            out.append(f'apiserver_request_duration_seconds_sum{{component="apiserver",{labels}}} {buckets[-2]}')
-            out.append(f'apiserver_request_duration_seconds_count{{component="apiserver",{labels}}} '
-                       f'{int(buckets[-1])}')
-        out += ["# HELP apiserver_current_inflight_requests Maximal number of currently used inflight request "
-                "limit of this apiserver per request kind in last second.",
-                "# TYPE apiserver_current_inflight_requests gauge",
-                f'apiserver_current_inflight_requests{{request_kind="mutating"}} {self.inflight[True]}',
-                f'apiserver_current_inflight_requests{{request_kind="readOnly"}} {self.inflight[False]}']
-        return ("\n".join(out) + "\n").encode()
+    if isinstance(exc, StoreError):
+        return str(exc.message)
+    details = getattr(exc, "details", None)
+    if type(exc).__name__ == "AioRpcError" and callable(details):
+        return str(details())
+    return None
 
 
 class ApiServer:
     def __init__(self, registry: Registry, *, tokens: dict[str, User] | None = None, anonymous: bool = False,
-                 address: str = "127.0.0.1:6443") -> None:
+                 address: str = "127.0.0.1:6443", authenticator: Authenticator | None = None) -> None:
         self.registry = registry
         self.tokens = tokens or {}
         self.anonymous = anonymous
+        # certificates, static and service-account tokens, anonymous (authn.py)
+        self.authn = authenticator or Authenticator(registry, tokens=self.tokens, anonymous=anonymous)
         self.address = address
         self.schemas = None
         self.by_resource: dict[tuple[str, str, str], Strategy] = registry.strategies
@@ -200,7 +162,30 @@ class ApiServer:
                 versions.append(version)
         self._discovery_cache: dict[str, bytes] = {}
         self._version_body = orjson.dumps(version_info())
-        self.metrics = Metrics()
+        self.metrics = RequestMetrics()
+        self.flowcontrol: Any = None  # flowcontrol.FlowControl, installed by run.py
+        self.authorizer: rbac.RbacAuthorizer | None = None  # installed by run.py; None: only system:masters
+        # (resource, subresource) -> handler(request, namespace, name, verb): pods/log, pods/eviction
+        self.subresource_handlers: dict[tuple[str, str], Callable[[Request, str, str, str], Awaitable[Response]]] = {}
+        # other non-resource paths -> handler: the service-account issuer's OIDC discovery documents
+        self.path_handlers: dict[str, Callable[[Request], Response]] = {}
+
+    def resources_changed(self) -> None:
+        """Resources came or went (CRDs): rebuild the group list and drop the cached discovery documents."""
+        from ultraplane.apiserver.crd import version_priority
+
+        groups: dict[str, list[str]] = {}
+        custom: set[str] = set()
+        for (group, version, _plural), s in list(self.registry.strategies.items()):
+            versions = groups.setdefault(group, [])
+            if version not in versions:
+                versions.append(version)
+            if s.custom:
+                custom.add(group)
+        for group in custom:  # kube orders a CRD group's versions by priority; the first is preferred
+            groups[group].sort(key=version_priority)
+        self.groups = groups
+        self._discovery_cache.clear()
 
     def load_schemas(self) -> None:
         try:
@@ -218,65 +203,61 @@ class ApiServer:
         self.metrics.inflight[mutating] += 1
         info_holder: list[RequestInfo | None] = [None]
         try:
-            user = self.authenticate(request)
+            user = self.authn.authenticate(request)
+            if not isinstance(user, User):
+                user = await user  # a bearer token to verify
+            if wants_impersonation(request):
+                user = self.impersonate(request, user)
             response = await self.route(request, user, info_holder)
         except ApiError as exc:
             response = error_response(exc)
+        except ImpersonationError as exc:
+            response = Response(500, str(exc).encode() + b"\n", "text/plain; charset=utf-8")
+        except Exception as exc:
+            text = storage_error_text(exc)
+            if text is None:
+                raise
+            response = Response(500, orjson.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                                   "status": "Failure", "message": text, "code": 500}))
         finally:
             self.metrics.inflight[mutating] -= 1
         self.metrics.observe(info_holder[0], response.status, time.perf_counter() - started)
         return response
 
-    def authenticate(self, request: Request) -> User:
-        cert = request.peer_cert
-        if cert:
-            name = ""
-            groups: list[str] = []
-            for rdn in cert.get("subject", ()):
-                for key, value in rdn:
-                    if key == "commonName":
-                        name = value
-                    elif key == "organizationName":
-                        groups.append(value)
-            if name:
-                return User(name, [*groups, "system:authenticated"])
-        auth = request.headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
-            user = self.tokens.get(auth[7:].strip())
-            if user is None:
-                raise errors.unauthorized()
-            return User(user.name, [*user.groups, "system:authenticated"], user.uid)
-        if self.anonymous:
-            return User("system:anonymous", ["system:unauthenticated"])
-        raise errors.unauthorized()
+    def authenticate(self, request: Request) -> User | Awaitable[User]:
+        return self.authn.authenticate(request)
+
+    def impersonate(self, request: Request, requester: User) -> User:
+        """Impersonate-* headers: each impersonated attribute needs the ``impersonate`` verb on it."""
+
+        def check(user: User, target: str, name: str, namespace: str, extra_key: str) -> None:
+            if "system:masters" in user.groups:
+                return
+            attrs = rbac.impersonation_attributes(user, target, name, namespace=namespace, extra_key=extra_key)
+            decision = self.authorizer.authorize(attrs) if self.authorizer is not None else rbac.Decision(False)
+            if not decision.allowed:
+                raise rbac.forbidden_error(attrs, decision.reason)
+
+        return self.authn.impersonate(request, requester, check)
 
     def authorize(self, user: User, info: RequestInfo | None, request: Request) -> None:
+        """kube's chain: system:masters (the privileged group), then RBAC (rbac.py); kube's 403 otherwise."""
+        rbac.current_user.set(user)  # escalation checks on RBAC writes need the requester
         if "system:masters" in user.groups:
             return
-        if info is not None and info.verb == "create" and info.resource in SELF_REVIEWS \
-                and "system:authenticated" in user.groups:
-            return  # kube's system:basic-user role: anyone may ask what they may do and who they are
-        if info is None:
-            if request.path in PUBLIC_PATHS or request.path.startswith(("/healthz", "/livez", "/readyz")):
-                return
-            if "system:authenticated" in user.groups and (
-                    request.path.startswith(("/api", "/openapi")) and request.method == "GET"):
-                return
-            raise errors.forbidden(f'forbidden: User "{user.name}" cannot {request.method.lower()} path '
-                                   f'"{request.path}"')
-        resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
-        where = f'in the namespace "{info.namespace}"' if info.namespace and self._namespaced(info) \
-            else "at the cluster scope"
-        subject = f'{info.resource} "{info.name}" is forbidden' if info.name else f"{info.resource} is forbidden"
-        if info.group:
-            qualified = f"{info.resource}.{info.group}"
-            subject = f'{qualified} "{info.name}" is forbidden' if info.name else f"{qualified} is forbidden"
-        raise errors.forbidden(f'{subject}: User "{user.name}" cannot {info.verb} resource "{resource}" in API '
-                               f'group "{info.group}" {where}', info.group, info.resource, info.name)
+        attrs = self.attributes(user, info, request)
+        decision = self.authorizer.authorize(attrs) if self.authorizer is not None else rbac.Decision(False)
+        if not decision.allowed:
+            raise rbac.forbidden_error(attrs, decision.reason)
 
-    def _namespaced(self, info: RequestInfo) -> bool:
-        s = self.by_resource.get((info.group, info.version, info.resource))
-        return s is None or s.namespaced
+    @staticmethod
+    def attributes(user: User, info: RequestInfo | None, request: Request) -> rbac.Attributes:
+        if info is None:
+            return rbac.Attributes(user.name, tuple(user.groups), request.method.lower(), path=request.path,
+                                   resource_request=False)
+        # no path for resource requests: RBAC does not read it, and it would split the decision memo
+        return rbac.Attributes(user.name, tuple(user.groups), info.verb, info.group, info.resource, info.subresource,
+                               info.namespace, info.name)
 
     # ================================================================ routing
     async def route(self, request: Request, user: User, info_holder: list[RequestInfo | None]) -> Response:
@@ -284,6 +265,13 @@ class ApiServer:
         parts = [p for p in path.split("/") if p]
         info = self.request_info(request, parts)
         info_holder[0] = info
+        if self.flowcontrol is not None:  # API Priority and Fairness sits before authorization, as in kube
+            return await self.flowcontrol.handle(request, user.name, user.groups, info,
+                                                 lambda: self.serve_authorized(request, user, info, parts))
+        return await self.serve_authorized(request, user, info, parts)
+
+    async def serve_authorized(self, request: Request, user: User, info: RequestInfo | None,
+                               parts: list[str]) -> Response:
         self.authorize(user, info, request)
         if info is None:
             return self.non_resource(request, parts)
@@ -311,8 +299,6 @@ class ApiServer:
         resource = rest[0]
         name = rest[1] if len(rest) > 1 else ""
         subresource = rest[2] if len(rest) > 2 else ""
-        if resource == "namespaces" and not subresource:
-            namespace = ""
         method = request.method
         watch = request.query.get("watch", "") in ("true", "1")
         if method == "GET":
@@ -327,6 +313,8 @@ class ApiServer:
             verb = "delete" if name else "deletecollection"
         else:
             raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+        if not name and verb in ("list", "watch", "deletecollection"):
+            name = name_from_field_selector(request.query.get("fieldSelector", ""))  # as kube's RequestInfo does
         return RequestInfo(verb, parts[0], group, version, namespace, resource, name, subresource)
 
     # ================================================================ non-resource endpoints
@@ -334,8 +322,16 @@ class ApiServer:
         path = request.path.rstrip("/") or "/"
         if path == "/version":
             return Response(200, self._version_body)
+        handler = self.path_handlers.get(path)
+        if handler is not None:
+            return handler(request)
         if path == "/metrics":
-            return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            from ultraplane.apiserver import metrics
+
+            collectors = [self.metrics] if self.flowcontrol is None else [self.metrics, self.flowcontrol]
+            return Response(200, metrics.render(collectors), metrics.CONTENT_TYPE)
+        if path == "/debug/ultraplane/tier" and self.flowcontrol is not None:
+            return json_response(200, self.flowcontrol.tier.describe())
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             return Response(200, b"ok", "text/plain; charset=utf-8")
         accept = request.headers.get("accept", "")
@@ -397,10 +393,11 @@ class ApiServer:
                 sub_entry: dict[str, Any] = {"name": f"{s.plural}/{sub}", "singularName": "",
                                              "namespaced": s.namespaced, "kind": s.kind,
                                              "verbs": SUBRESOURCE_VERBS[sub]}
-                if sub == "scale":
-                    sub_entry.update(group="autoscaling", version="v1", kind="Scale")
-                elif sub == "binding":
-                    sub_entry["kind"] = "Binding"
+                if sub in SUBRESOURCE_KINDS:
+                    sub_group, sub_version, sub_kind = SUBRESOURCE_KINDS[sub]
+                    sub_entry["kind"] = sub_kind
+                    if sub_group:
+                        sub_entry.update(group=sub_group, version=sub_version)
                 resources.append(sub_entry)
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}".lstrip("/"),
                 "resources": resources}
@@ -432,10 +429,9 @@ class ApiServer:
                     subs = []
                     for sub in s.subresources:
                         kind = {"group": s.group, "version": s.version, "kind": s.kind}
-                        if sub == "scale":
-                            kind = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
-                        elif sub == "binding":
-                            kind = {"group": "", "version": "v1", "kind": "Binding"}
+                        if sub in SUBRESOURCE_KINDS:
+                            sub_group, sub_version, sub_kind = SUBRESOURCE_KINDS[sub]
+                            kind = {"group": sub_group, "version": sub_version, "kind": sub_kind}
                         subs.append({"subresource": sub, "responseKind": kind, "verbs": SUBRESOURCE_VERBS[sub]})
                     if subs:
                         entry["subresources"] = subs
@@ -457,6 +453,9 @@ class ApiServer:
         sub = info.subresource
         if sub and sub not in s.subresources:
             raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
+        handler = self.subresource_handlers.get((s.plural, sub)) if sub else None
+        if handler is not None:
+            return await handler(request, ns, info.name, info.verb)
         accept = request.headers.get("accept", "")
         verb = info.verb
         wo = WriteOptions.from_query(q, request.headers.get("user-agent", "")) if verb in (
@@ -483,7 +482,15 @@ class ApiServer:
                 raise errors.method_not_allowed("the server does not allow this method on the requested resource")
             body = self.decode_body(request, s.kind)
             self.registry.check_type(s, body)
-            return json_response(201, s.create_handler(body, user))
+            if s.namespaced:  # LocalSubjectAccessReview: the review's namespace is the URL's
+                if body["metadata"].get("namespace") not in (None, "", ns):
+                    raise errors.bad_request("the namespace of the provided object does not match the namespace "
+                                             "sent on the request")
+                body["metadata"]["namespace"] = ns
+            result = s.create_handler(body, user)
+            if not isinstance(result, dict):
+                result = await result  # e.g. TokenReview looks objects up
+            return json_response(201, result)
         if verb == "create":
             body = self.decode_body(request, s.kind)
             if sub == "binding":
@@ -592,6 +599,9 @@ class ApiServer:
         now = dt.datetime.now(dt.UTC)
         columns = s.columns or [NAME(), AGE()]
         include = q.get("includeObject", "Metadata")
+        sort_key = getattr(s, "table_sort", None)  # e.g. FlowSchemas print in the order they match
+        if sort_key is not None:
+            items = sorted(items, key=sort_key)
         rows = []
         for obj in items:
             cells = s.row(obj, now) if s.row is not None else [obj["metadata"]["name"], age(obj, now)]
@@ -648,7 +658,9 @@ class ApiServer:
                              "creationTimestamp": meta.get("creationTimestamp")},
                 "spec": {"replicas": get_path(obj, spec_path) or 0},
                 "status": {"replicas": get_path(obj, status_path) or 0,
-                           "selector": format_selector(selector).replace("<none>", "")}}
+                           # custom resources keep the selector as a string (labelSelectorPath)
+                           "selector": selector if isinstance(selector, str)
+                           else format_selector(selector).replace("<none>", "")}}
 
     async def update_scale(self, s: Strategy, ns: str, name: str, change: Any, wo: WriteOptions) -> Obj:
         result: dict[str, Obj] = {}

@@ -1,7 +1,8 @@
 """Decoding Kubernetes protobuf request bodies (``application/vnd.kubernetes.protobuf``) into JSON objects.
 
 kubectl's typed generators (``kubectl create namespace|configmap|secret|serviceaccount|deployment|
-service``, ``kubectl run``) send built-in objects as protobuf and client-go 1.32 does not fall back to JSON, so the
+service|job|cronjob|quota|priorityclass|poddisruptionbudget|role|rolebinding|clusterrole|
+clusterrolebinding``, ``kubectl run``, ``kubectl drain``'s Evictions) send built-in objects as protobuf and client-go 1.32 does not fall back to JSON, so the
 API server must read them. The envelope is kube's: the magic ``k8s\\0`` followed by a
 ``runtime.Unknown`` message (typeMeta = 1 {apiVersion = 1, kind = 2}, raw = 2, contentEncoding = 3,
 contentType = 4) whose ``raw`` is the object's own message.
@@ -79,6 +80,45 @@ MESSAGES: dict[str, Schema] = {
     "SelfSubjectRulesReview": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:SelfSubjectRulesReviewSpec")},
     "SelfSubjectRulesReviewSpec": {1: ("namespace", "str")},
     "SelfSubjectReview": {1: ("metadata", "msg:ObjectMeta")},
+    "TokenRequest": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:TokenRequestSpec")},
+    "TokenRequestSpec": {1: ("audiences", "[str]"), 3: ("boundObjectRef", "msg:BoundObjectReference"),
+                         4: ("expirationSeconds", "int")},
+    "BoundObjectReference": {1: ("kind", "str"), 2: ("apiVersion", "str"), 3: ("name", "str"), 4: ("uid", "str")},
+    "TokenReview": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:TokenReviewSpec")},
+    "TokenReviewSpec": {1: ("token", "str"), 2: ("audiences", "[str]")},
+    "Job": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:JobSpec")},
+    "JobSpec": {1: ("parallelism", "int"), 2: ("completions", "int"), 3: ("activeDeadlineSeconds", "int"),
+                4: ("selector", "msg:LabelSelector"), 5: ("manualSelector", "bool"), 6: ("template", "msg:PodTemplateSpec"),
+                7: ("backoffLimit", "int"), 8: ("ttlSecondsAfterFinished", "int"), 9: ("completionMode", "str"),
+                10: ("suspend", "bool")},
+    "JobTemplateSpec": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:JobSpec")},
+    "CronJob": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:CronJobSpec")},
+    "CronJobSpec": {1: ("schedule", "str"), 2: ("startingDeadlineSeconds", "int"), 3: ("concurrencyPolicy", "str"),
+                    4: ("suspend", "bool"), 5: ("jobTemplate", "msg:JobTemplateSpec"),
+                    6: ("successfulJobsHistoryLimit", "int"), 7: ("failedJobsHistoryLimit", "int"),
+                    8: ("timeZone", "str")},
+    "PodDisruptionBudget": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:PodDisruptionBudgetSpec")},
+    "PodDisruptionBudgetSpec": {1: ("minAvailable", "intorstr"), 2: ("selector", "msg:LabelSelector"),
+                                3: ("maxUnavailable", "intorstr"), 4: ("unhealthyPodEvictionPolicy", "str")},
+    "Eviction": {1: ("metadata", "msg:ObjectMeta"), 2: ("deleteOptions", "msg:DeleteOptions")},
+    "DeleteOptions": {1: ("gracePeriodSeconds", "int"), 2: ("preconditions", "msg:Preconditions"),
+                      3: ("orphanDependents", "bool"), 4: ("propagationPolicy", "str"), 5: ("dryRun", "[str]")},
+    "Preconditions": {1: ("uid", "str"), 2: ("resourceVersion", "str")},
+    "ResourceQuota": {1: ("metadata", "msg:ObjectMeta"), 2: ("spec", "msg:ResourceQuotaSpec")},
+    "ResourceQuotaSpec": {1: ("hard", "{quantity}"), 2: ("scopes", "[str]"), 3: ("scopeSelector", "msg:ScopeSelector")},
+    "ScopeSelector": {1: ("matchExpressions", "[msg:ScopedResourceSelectorRequirement]")},
+    "ScopedResourceSelectorRequirement": {1: ("scopeName", "str"), 2: ("operator", "str"), 3: ("values", "[str]")},
+    "PriorityClass": {1: ("metadata", "msg:ObjectMeta"), 2: ("value", "int"), 3: ("globalDefault", "bool"),
+                      4: ("description", "str"), 5: ("preemptionPolicy", "str")},
+    "Role": {1: ("metadata", "msg:ObjectMeta"), 2: ("rules", "[msg:PolicyRule]")},
+    "ClusterRole": {1: ("metadata", "msg:ObjectMeta"), 2: ("rules", "[msg:PolicyRule]"),
+                    3: ("aggregationRule", "msg:AggregationRule")},
+    "AggregationRule": {1: ("clusterRoleSelectors", "[msg:LabelSelector]")},
+    "PolicyRule": {1: ("verbs", "[str]"), 2: ("apiGroups", "[str]"), 3: ("resources", "[str]"),
+                   4: ("resourceNames", "[str]"), 5: ("nonResourceURLs", "[str]")},
+    "RoleBinding": {1: ("metadata", "msg:ObjectMeta"), 2: ("subjects", "[msg:Subject]"), 3: ("roleRef", "msg:RoleRef")},
+    "Subject": {1: ("kind", "str"), 2: ("apiGroup", "str"), 3: ("name", "str"), 4: ("namespace", "str")},
+    "RoleRef": {1: ("apiGroup", "str"), 2: ("kind", "str"), 3: ("name", "str")},
     "Quantity": {1: ("string", "str")},
     "IntOrString": {1: ("type", "int"), 2: ("intVal", "int"), 3: ("strVal", "str")},
     "Time": {1: ("seconds", "int"), 2: ("nanos", "int")},
@@ -91,14 +131,25 @@ TOP_LEVEL = {("v1", "Namespace"): "Namespace", ("v1", "ConfigMap"): "ConfigMap",
              ("apps/v1", "Deployment"): "Deployment",
              ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): "SelfSubjectAccessReview",
              ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): "SelfSubjectRulesReview",
-             ("authentication.k8s.io/v1", "SelfSubjectReview"): "SelfSubjectReview"}
+             ("authentication.k8s.io/v1", "SelfSubjectReview"): "SelfSubjectReview",
+             ("authentication.k8s.io/v1", "TokenRequest"): "TokenRequest",
+             ("authentication.k8s.io/v1", "TokenReview"): "TokenReview",
+             ("batch/v1", "Job"): "Job", ("batch/v1", "CronJob"): "CronJob",
+             ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget", ("policy/v1", "Eviction"): "Eviction",
+             ("policy/v1beta1", "Eviction"): "Eviction", ("v1", "ResourceQuota"): "ResourceQuota",
+             ("scheduling.k8s.io/v1", "PriorityClass"): "PriorityClass",
+             ("rbac.authorization.k8s.io/v1", "Role"): "Role",
+             ("rbac.authorization.k8s.io/v1", "ClusterRole"): "ClusterRole",
+             ("rbac.authorization.k8s.io/v1", "RoleBinding"): "RoleBinding",
+             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding"}
 
 
 # non-pointer Go fields that JSON omits when zero (Go's protobuf marshalling always writes them)
 OMIT_WHEN_ZERO = {("ObjectMeta", "generation"), ("ContainerPort", "hostPort"), ("ServicePort", "nodePort"),
                   ("DeploymentSpec", "minReadySeconds"), ("DeploymentSpec", "paused"), ("Container", "stdin"),
                   ("Container", "stdinOnce"), ("Container", "tty"), ("PodSpec", "hostNetwork"),
-                  ("OwnerReference", "controller"), ("OwnerReference", "blockOwnerDeletion")}
+                  ("OwnerReference", "controller"), ("OwnerReference", "blockOwnerDeletion"),
+                  ("PriorityClass", "globalDefault")}
 
 
 class ProtobufError(ValueError):

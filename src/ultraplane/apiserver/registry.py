@@ -21,13 +21,15 @@ import datetime as dt
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidTag
 
 from ultraplane.apiserver import errors
+from ultraplane.apiserver.encryption import EncryptionConfig, EncryptionConfigError
 from ultraplane.apiserver.storage import (
     Backend,
     FutureRevision,
@@ -35,7 +37,7 @@ from ultraplane.apiserver.storage import (
     RevisionCompacted,
     RevisionConflict,
 )
-from ultraplane.apiserver.watchcache import Subscription, WatchCache
+from ultraplane.apiserver.watchcache import CachedEvent, Subscription, TriggerFunc, WatchCache
 
 log = logging.getLogger("ultraplane.apiserver.registry")
 
@@ -51,6 +53,7 @@ CONTINUE_EXPIRED = (
 )
 GENERATE_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 BOOKMARK_INTERVAL = 10.0
+IDLE_WATCH_WAIT = 3600.0  # a watch without bookmarks or deadline checks in this rarely
 
 
 @dataclass
@@ -98,6 +101,9 @@ class Strategy:
     validate: Callable[[Obj, Obj | None], list[Cause]] = _no_causes
     prepare_create: Callable[[Obj], None] = _no_defaults  # e.g. reset status
     fields: Callable[[Obj], dict[str, str]] = _no_fields  # type-specific field-selector fields
+    # a field of `fields` the watch cache indexes watchers by when their selector pins it (kube's
+    # trigger function; pods: spec.nodeName, so a kubelet's watch only sees its node's pods)
+    trigger_field: str = ""
     columns: list[Column] = field(default_factory=list)
     row: Callable[[Obj, dt.datetime], list[Any]] | None = None
     name_rule: str = "dns1123subdomain"
@@ -105,10 +111,19 @@ class Strategy:
     allow_create_on_update: bool = False
     return_deleted_object: bool = False  # DELETE answers with the object, not a Success Status (pods, services)
     # virtual create-only resources (access reviews): (request body, user) -> response, nothing stored
-    create_handler: Callable[[Obj, Any], Obj] | None = None
+    create_handler: Callable[[Obj, Any], Obj | Awaitable[Obj]] | None = None  # async for TokenReview
     # another version of a stored kind (events.k8s.io/v1 Event is stored as core/v1 Event)
     from_storage: Callable[[Obj], Obj] | None = None
     to_storage: Callable[[Obj], Obj] | None = None
+    # graceful deletion (pods): (object, DeleteOptions) -> grace seconds; > 0 marks the object and keeps it
+    grace_period: Callable[[Obj, Obj], int] | None = None
+    # first DELETE of an object without deletionTimestamp (CRDs add their cleanup finalizer here)
+    prepare_delete: Callable[[Obj], None] | None = None
+    # custom resources: unstructured JSON with their own schema (no strategic merge patch, list items
+    # keep apiVersion/kind, unknown fields found by the CRD's structural schema)
+    custom: bool = False
+    schema: dict[str, Any] | None = None
+    find_unknown: Callable[[Obj], list[str]] | None = None
 
     def __post_init__(self) -> None:
         if not self.storage:
@@ -352,6 +367,7 @@ class ListOptions:
     continue_token: str = ""
     resource_version: str = ""
     resource_version_match: str = ""
+    send_initial_events: bool | None = None  # watch-list (sendInitialEvents); None when not asked
 
     @classmethod
     def from_query(cls, q: dict[str, str]) -> ListOptions:
@@ -359,8 +375,51 @@ class ListOptions:
             limit = int(q.get("limit") or 0)
         except ValueError as exc:
             raise errors.bad_request(f"invalid limit {q.get('limit')!r}") from exc
-        return cls(q.get("labelSelector", ""), q.get("fieldSelector", ""), max(limit, 0), q.get("continue", ""),
-                   q.get("resourceVersion", ""), q.get("resourceVersionMatch", ""))
+        send = q.get("sendInitialEvents")
+        opts = cls(q.get("labelSelector", ""), q.get("fieldSelector", ""), max(limit, 0), q.get("continue", ""),
+                   q.get("resourceVersion", ""), q.get("resourceVersionMatch", ""),
+                   None if send is None else send.lower() in ("true", "1", "t"))
+        causes = list_option_causes(opts, q.get("watch", "") in ("true", "1"))
+        if causes:
+            raise errors.invalid("ListOptions", "meta.k8s.io", "", causes)
+        return opts
+
+
+def list_option_causes(opts: ListOptions, watch: bool) -> list[Cause]:
+    """kube's ValidateListOptions (WatchList enabled, as in 1.32)."""
+    match = opts.resource_version_match
+    causes: list[Cause] = []
+
+    def forbidden(field_name: str, detail: str) -> None:
+        causes.append({"reason": "FieldValueForbidden", "message": f"Forbidden: {detail}", "field": field_name})
+
+    if watch:
+        if opts.send_initial_events is not None and match != "NotOlderThan":
+            forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+        if match:
+            if opts.send_initial_events is None:
+                forbidden("resourceVersionMatch",
+                          "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")
+            if match != "NotOlderThan":
+                causes.append({"reason": "FieldValueNotSupported", "field": "resourceVersionMatch",
+                               "message": f'Unsupported value: "{match}": supported values: "NotOlderThan"'})
+            if opts.continue_token:
+                forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+        return causes
+    if match:
+        if not opts.resource_version:
+            forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden unless resourceVersion is provided")
+        if opts.continue_token:
+            forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+        if match not in ("Exact", "NotOlderThan"):
+            causes.append({"reason": "FieldValueNotSupported", "field": "resourceVersionMatch",
+                           "message": f'Unsupported value: "{match}": supported values: "Exact", "NotOlderThan", '
+                                      f'""'})
+        if match == "Exact" and opts.resource_version == "0":
+            forbidden("resourceVersionMatch", 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"')
+    if opts.send_initial_events is not None:
+        forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")
+    return causes
 
 
 class Filter:
@@ -411,6 +470,41 @@ class Filter:
         if self.fields is not None and not self.fields.matches(self.field_set(obj)):
             return False
         return True
+
+    def matches_event(self, ev: CachedEvent, previous: bool) -> bool:
+        """matches() on a watch event's object (or its previous state); the field set is computed once
+        per event and shared by every watcher of the same resource."""
+        obj = event_object(ev, self.strategy, previous)
+        if obj is None:
+            return False
+        if self.labels is not None and not self.labels.matches(obj.get("metadata", {}).get("labels") or {}):
+            return False
+        if self.fields is not None:
+            memo_key = ("fields", id(self.strategy), previous)
+            fields = ev.memo.get(memo_key)
+            if fields is None:
+                fields = ev.memo[memo_key] = self.field_set(obj)
+            if not self.fields.matches(fields):
+                return False
+        return True
+
+    def pinned_fields(self) -> dict[str, str]:
+        """field -> value of the field selector's equality requirements (``f=v``, ``f==v``)."""
+        if self.fields is None:
+            return {}
+        return {name: value for name, op, value in self.fields.requirements if op == "="}
+
+
+def event_object(ev: CachedEvent, s: Strategy, previous: bool = False) -> Obj | None:
+    """A watch event's object (or its previous state) as s serves it, converted once per event."""
+    obj = ev.prev() if previous else ev.obj()
+    if obj is None or s.from_storage is None:
+        return obj
+    memo_key = ("view", id(s), previous)
+    view = ev.memo.get(memo_key)
+    if view is None:
+        view = ev.memo[memo_key] = s.from_storage(copy.deepcopy(obj))
+    return view
 
 
 def unknown_fields(value: Any, schema: dict[str, Any] | None, path: str = "") -> list[str]:
@@ -482,15 +576,41 @@ class Registry:
         # async mutating admission per resource plural, run before defaults on create (e.g. ClusterIPs)
         self.admission: dict[str, Callable[[Obj], Any]] = {}
         self._ns_tasks: set[asyncio.Task[None]] = set()
+        self.encryption: EncryptionConfig | None = None  # encryption at rest (--encryption-provider-config)
 
-    @staticmethod
-    def decode(s: Strategy, raw: bytes, revision: int) -> Obj:
+    def decode(self, s: Strategy, raw: bytes, revision: int, key: bytes = b"") -> Obj:
+        if self.encryption is not None and raw.startswith(b"k8s:enc:"):
+            raw = self.decrypt(s, key, raw)
         obj = decode(raw, revision)
         return s.from_storage(obj) if s.from_storage is not None else obj
 
-    @staticmethod
-    def encode(s: Strategy, obj: Obj) -> bytes:
-        return encode_for_storage(s.to_storage(obj) if s.to_storage is not None else obj)
+    def encode(self, s: Strategy, obj: Obj, key: bytes = b"") -> bytes:
+        raw = encode_for_storage(s.to_storage(obj) if s.to_storage is not None else obj)
+        if self.encryption is not None:
+            providers = self.encryption.providers_for(s.group_resource)
+            if providers is not None:
+                return providers.encrypt(key, raw)
+        return raw
+
+    def decrypt(self, s: Strategy, key: bytes, raw: bytes) -> bytes:
+        """A stored value through the resource's providers (kube's 500 when none can read it)."""
+        providers = self.encryption.providers_for(s.group_resource) if self.encryption is not None else None
+        try:
+            if providers is None:
+                raise EncryptionConfigError("no matching prefix found")
+            return providers.decrypt(key, raw)
+        except (EncryptionConfigError, InvalidTag) as exc:
+            why = str(exc) or "cipher: message authentication failed"
+            raise errors.ApiError(errors.status(500, "InternalError", f"Internal error occurred: unable to "
+                                                f"transform key \"{key.decode(errors='replace')}\": {why}")) from exc
+
+    def decrypt_watched(self, key: bytes, raw: bytes) -> bytes:
+        """For the watch cache: an encrypted value, read with the providers of the resource owning key."""
+        for s in self.strategies.values():
+            if key.startswith(s.prefix) and self.encryption is not None \
+                    and self.encryption.providers_for(s.group_resource) is not None:
+                return self.decrypt(s, key, raw)
+        raise EncryptionConfigError("no matching prefix found")
 
     def register(self, strategy: Strategy) -> None:
         self.strategies[(strategy.group, strategy.version, strategy.plural)] = strategy
@@ -505,6 +625,8 @@ class Registry:
         for backend in {id(b): b for b in [self.backend, *self.overrides.values()]}.values():
             await backend.start()
             cache = WatchCache(backend)
+            if self.encryption is not None:
+                cache.decrypt = self.decrypt_watched
             await cache.start()
             self.caches[id(backend)] = cache
             if self.compaction_interval > 0:
@@ -542,7 +664,7 @@ class Registry:
         _, stored = await self.backend_for(s).get(s.key(namespace, name))
         if stored is None:
             raise errors.not_found(s.group, s.plural, name)
-        return self.decode(s, stored.value, stored.mod_revision), stored.mod_revision
+        return self.decode(s, stored.value, stored.mod_revision, stored.key), stored.mod_revision
 
     async def get(self, s: Strategy, namespace: str, name: str) -> Obj:
         return (await self.read(s, namespace, name))[0]
@@ -588,7 +710,7 @@ class Registry:
                 if opts.limit and len(items) == opts.limit:
                     has_more = True
                     break
-                obj = self.decode(s, sv.value, sv.mod_revision)
+                obj = self.decode(s, sv.value, sv.mod_revision, sv.key)
                 if flt.empty or flt.matches(obj):
                     items.append(obj)
                 next_start = sv.key + b"\0"
@@ -598,9 +720,10 @@ class Registry:
                     remaining = page.count - len(batch[: opts.limit])
                 break
             start = next_start
-        for obj in items:
-            obj.pop("kind", None)
-            obj.pop("apiVersion", None)
+        if not s.custom:
+            for obj in items:
+                obj.pop("kind", None)
+                obj.pop("apiVersion", None)
         meta: dict[str, Any] = {"resourceVersion": str(served_at)}
         if more:
             meta["continue"] = encode_continue(served_at, next_start[len(s.prefix):].decode())
@@ -663,7 +786,7 @@ class Registry:
         schema = self.schema_for(s)
         if schema is None:
             return
-        unknown = unknown_fields(obj, schema)
+        unknown = s.find_unknown(obj) if s.find_unknown is not None else unknown_fields(obj, schema)
         if not unknown:
             return
         texts = [f'unknown field "{u}"' for u in unknown]
@@ -707,7 +830,8 @@ class Registry:
         if wo.dry_run:
             return obj
         try:
-            revision = await self.backend_for(s).create(s.key(namespace, meta["name"]), self.encode(s, obj))
+            key = s.key(namespace, meta["name"])
+            revision = await self.backend_for(s).create(key, self.encode(s, obj, key))
         except KeyExists as exc:
             raise errors.already_exists(s.group, s.plural, meta["name"]) from exc
         meta["resourceVersion"] = str(revision)
@@ -760,12 +884,12 @@ class Registry:
             if wo.dry_run:
                 return new
             try:
-                revision = await backend.update(key, self.encode(s, new), mod_rev)
+                revision = await backend.update(key, self.encode(s, new, key), mod_rev)
             except RevisionConflict as exc:
                 if exc.current is None:
                     raise errors.not_found(s.group, s.plural, name) from exc
-                if rv:
-                    raise errors.conflict(s.group, s.plural, name, errors.MODIFIED) from exc
+                # Someone wrote in between: mutate the fresh object again (kube's GuaranteedUpdate). A
+                # caller-supplied resourceVersion no longer matches then, and the check above refuses it.
                 continue
             new["metadata"]["resourceVersion"] = str(revision)
             if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
@@ -812,7 +936,9 @@ class Registry:
         s.defaults(new)
         if s.generation:
             generation = int(cur_meta.get("generation") or 1)
-            if spec_of(new) != spec_of(current):
+            # a custom resource without a status subresource counts status changes too, as kube does
+            if spec_of(new) != spec_of(current) or (
+                    s.custom and not s.has_status() and new.get("status") != current.get("status")):
                 generation += 1
             meta["generation"] = generation
         else:
@@ -840,7 +966,7 @@ class Registry:
         elif ctype == "application/merge-patch+json":
             def apply_patch(obj: Obj) -> Obj:
                 return patchlib.merge_patch(obj, document)
-        elif ctype == "application/strategic-merge-patch+json":
+        elif ctype == "application/strategic-merge-patch+json" and not s.custom:
             schema = self.schema_for(s)
 
             def apply_patch(obj: Obj) -> Obj:
@@ -869,6 +995,8 @@ class Registry:
                                             precondition_rv=rv, operation="Update"), False
 
     def schema_for(self, s: Strategy) -> dict | None:
+        if s.schema is not None:
+            return s.schema
         schemas = getattr(self, "schemas", None)
         if schemas is None:
             return None
@@ -950,6 +1078,28 @@ class Registry:
                 raise errors.conflict(s.group, s.plural, name, f"Precondition failed: ResourceVersion in "
                                       f"precondition: {preconditions['resourceVersion']}, ResourceVersion in "
                                       f"object meta: {meta['resourceVersion']}")
+            if s.prepare_delete is not None and not meta.get("deletionTimestamp"):
+                s.prepare_delete(current)
+            if s.grace_period is not None:
+                grace = s.grace_period(current, options)
+                pending = meta.get("deletionGracePeriodSeconds")
+                if grace > 0 and meta.get("deletionTimestamp") and pending is not None and grace >= int(pending):
+                    return current, 200  # already terminating at least that fast
+                if grace > 0:
+                    # kube's BeforeDelete: deletionTimestamp is when the grace period ends; the node
+                    # (kubelet) deletes with grace 0 once the containers have stopped
+                    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace)
+                    meta["deletionTimestamp"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    meta["deletionGracePeriodSeconds"] = grace
+                    if wo.dry_run:
+                        return current, 200
+                    try:
+                        key = s.key(namespace, name)
+                        revision = await backend.update(key, self.encode(s, current, key), mod_rev)
+                    except RevisionConflict:
+                        continue
+                    meta["resourceVersion"] = str(revision)
+                    return current, 200
             finalizers = list(meta.get("finalizers") or [])
             if s.plural == "namespaces" and (current.get("spec") or {}).get("finalizers"):
                 finalizers.append("kubernetes")
@@ -967,7 +1117,8 @@ class Registry:
                 if wo.dry_run:
                     return current, 200
                 try:
-                    revision = await backend.update(s.key(namespace, name), self.encode(s, current), mod_rev)
+                    key = s.key(namespace, name)
+                    revision = await backend.update(key, self.encode(s, current, key), mod_rev)
                 except RevisionConflict:
                     continue
                 meta["resourceVersion"] = str(revision)
@@ -1025,7 +1176,7 @@ class Registry:
         try:
             for _round in range(60):
                 remaining = 0
-                for s in self.strategies.values():
+                for s in list(self.strategies.values()):  # CRDs may come and go meanwhile
                     if not s.namespaced or "list" not in s.verbs or s.storage in {"events"} and s.group:
                         continue
                     page = await self.list(s, namespace, ListOptions())
@@ -1065,6 +1216,26 @@ class Registry:
         cache = self.cache_for(s)
         rv = opts.resource_version
         initial: list[Obj] = []
+        if opts.send_initial_events is not None:
+            # watch-list: the state at a revision not older than rv (as ADDED events, then a bookmark
+            # marking their end), or with sendInitialEvents=false only the changes after it
+            try:
+                wanted = int(rv) if rv not in ("", "0") else 0
+            except ValueError as exc:
+                raise errors.bad_request(f"invalid resource version: {rv}") from exc
+            if wanted > cache.revision:
+                raise errors.ApiError(errors.status(
+                    504, "Timeout", f"Too large resource version: {wanted}, current: {cache.revision}",
+                    {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                     "retryAfterSeconds": 1}))
+            if opts.send_initial_events:
+                listed = await self.list(s, namespace, ListOptions(opts.label_selector, opts.field_selector))
+                start_rev = int(listed["metadata"]["resourceVersion"])
+                initial = [item for item in listed["items"] if not name or item["metadata"]["name"] == name]
+            else:
+                start_rev = wanted or cache.revision
+            return self._watch_stream(s, cache, self._watch_scope(s, namespace, name, flt), start_rev, initial, flt,
+                                      bookmarks, timeout, initial_events_end=bool(opts.send_initial_events))
         if rv in ("", "0"):
             listed = await self.list(s, namespace, ListOptions(opts.label_selector, opts.field_selector))
             start_rev = int(listed["metadata"]["resourceVersion"])
@@ -1074,14 +1245,39 @@ class Registry:
                 start_rev = int(rv)
             except ValueError as exc:
                 raise errors.bad_request(f"invalid resource version: {rv}") from exc
-        key_prefix = s.key(namespace, name) if name else s.collection_prefix(namespace)
-        return self._watch_stream(s, cache, key_prefix, bool(name), start_rev, initial, flt, bookmarks, timeout)
+        return self._watch_stream(s, cache, self._watch_scope(s, namespace, name, flt), start_rev, initial, flt,
+                                  bookmarks, timeout)
 
-    async def _watch_stream(self, s: Strategy, cache: WatchCache, key_prefix: bytes, exact: bool, start_rev: int,
-                            initial: list[Obj], flt: Filter, bookmarks: bool, timeout: float) -> AsyncIterator[bytes]:
+    @staticmethod
+    def _watch_scope(s: Strategy, namespace: str, name: str,
+                     flt: Filter) -> tuple[bytes, bool, tuple[str, TriggerFunc, str] | None]:
+        """Where the watch cache files a watch: (key, True) for one object, else (collection prefix, False)
+        and a trigger (field, function, value) when the selector pins the resource's trigger field.
+        The selectors still judge every event; the scope only keeps other events away."""
+        if name:
+            return s.key(namespace, name), True, None
+        pinned = flt.pinned_fields()
+        if "metadata.name" in pinned and (namespace or not s.namespaced):  # kubectl get pod p -w, informers of one
+            return s.key(namespace, pinned["metadata.name"]), True, None
+        if s.namespaced and not namespace and pinned.get("metadata.namespace"):
+            namespace = pinned["metadata.namespace"]
+        trigger = None
+        field_name, fields = s.trigger_field, s.fields
+        if field_name and field_name in pinned and s.from_storage is None:
+            trigger = (field_name, lambda obj: fields(obj).get(field_name, ""), pinned[field_name])
+        return s.collection_prefix(namespace), False, trigger
+
+    async def _watch_stream(self, s: Strategy, cache: WatchCache,
+                            scope: tuple[bytes, bool, tuple[str, TriggerFunc, str] | None], start_rev: int,
+                            initial: list[Obj], flt: Filter, bookmarks: bool, timeout: float, *,
+                            initial_events_end: bool = False) -> AsyncIterator[bytes]:
         dumps = orjson.dumps
+        key_prefix, exact, trigger = scope
         try:
-            sub: Subscription = cache.subscribe(s.prefix, key_prefix, exact, start_rev)
+            # the subscription encodes (or rejects) each event as it is dispatched, so this task wakes
+            # only for lines it writes
+            sub: Subscription = cache.subscribe(s.prefix, key_prefix, exact, start_rev,
+                                                lambda ev: self._event_line(ev, flt, s), trigger)
         except RevisionCompacted as exc:
             yield dumps({"type": "ERROR", "object": errors.status(
                 410, "Expired", f"too old resource version: {start_rev} ({exc.compact_revision})")}) + b"\n"
@@ -1094,56 +1290,62 @@ class Registry:
                 obj["kind"] = s.kind
                 obj["apiVersion"] = s.api_version
                 yield dumps({"type": "ADDED", "object": obj}) + b"\n"
+            if initial_events_end and bookmarks:  # watch-list: the initial state is complete at start_rev
+                yield dumps({"type": "BOOKMARK", "object": {
+                    "kind": s.kind, "apiVersion": s.api_version,
+                    "metadata": {"resourceVersion": str(start_rev),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}}}}) + b"\n"
+            queue = sub.queue
             while True:
-                wait = BOOKMARK_INTERVAL
+                # without bookmarks an idle watch sleeps until its deadline, not every BOOKMARK_INTERVAL
+                wait = BOOKMARK_INTERVAL if bookmarks else IDLE_WATCH_WAIT
                 if deadline is not None:
                     wait = min(wait, deadline - loop.time())
                     if wait <= 0:
                         break
                 await sub.wait(wait)
-                if not sub.queue:
+                if not queue:
                     if sub.ended:
                         break
                     if bookmarks and cache.revision > 0:
+                        # every event up to cache.revision has been dispatched, and this watch's are written
                         last_rev = max(last_rev, cache.revision)
                         yield dumps({"type": "BOOKMARK", "object": {
                             "kind": s.kind, "apiVersion": s.api_version,
                             "metadata": {"resourceVersion": str(last_rev)}}}) + b"\n"
                     continue
-                out = []
-                while sub.queue:
-                    ev = sub.queue.popleft()
-                    last_rev = ev.revision
-                    line = self._event_line(ev, flt, s)
-                    if line is not None:
-                        out.append(line)
-                if out:
-                    yield b"".join(out)
+                out = b"".join(queue)
+                queue.clear()
+                yield out
         finally:
             sub.close()
 
     @staticmethod
-    def _event_line(ev: Any, flt: Filter, s: Strategy) -> bytes | None:
-        obj = ev.obj()
-        if obj is None:
-            return None
-        if s.from_storage is not None:
-            obj = s.from_storage(copy.deepcopy(obj))
-        if ev.deleted:
-            kind = "DELETED" if flt.empty or flt.matches(obj) else None
-        elif ev.prev_value is None:
-            kind = "ADDED" if flt.empty or flt.matches(obj) else None
+    def _event_line(ev: CachedEvent, flt: Filter, s: Strategy) -> bytes | None:
+        """The watch line ev is for a watcher with this filter (None: not for it), as kube's cacheWatcher
+        decides: an object leaving the selection is DELETED (its previous state at the event's
+        revision), one entering it ADDED. Each line is encoded once per event and shown version."""
+        previous = False
+        if ev.deleted or ev.prev_value is None:
+            if not flt.empty and not flt.matches_event(ev, False):
+                return None
+            kind = "DELETED" if ev.deleted else "ADDED"
         elif flt.empty:
             kind = "MODIFIED"
         else:
-            now, before = flt.matches(obj), flt.matches(ev.prev())
-            kind = "MODIFIED" if now and before else "ADDED" if now else "DELETED" if before else None
-        if kind is None:
-            return None
-        if s.from_storage is not None:
-            return orjson.dumps({"type": kind, "object": obj}) + b"\n"
-        line = ev.lines.get(kind)
+            now, before = flt.matches_event(ev, False), flt.matches_event(ev, True)
+            if now:
+                kind = "MODIFIED" if before else "ADDED"
+            elif before:
+                kind, previous = "DELETED", True
+            else:
+                return None
+        line_key = (id(s), kind)
+        line = ev.lines.get(line_key)
         if line is None:
-            line = ev.lines[kind] = orjson.dumps({"type": kind, "object": obj}) + b"\n"
+            obj = event_object(ev, s, previous)
+            if obj is None:
+                return None
+            line = ev.lines[line_key] = orjson.dumps({"type": kind, "object": obj}) + b"\n"
         return line
 

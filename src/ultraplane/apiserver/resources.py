@@ -206,6 +206,16 @@ def pod_validate(obj: Obj, old: Obj | None) -> list[dict[str, Any]]:
     return causes
 
 
+def pod_grace_period(obj: Obj, options: Obj) -> int:
+    """kube's pod CheckGracefulDelete: unscheduled or finished pods go at once; others get their grace period."""
+    spec = obj.get("spec") or {}
+    if not spec.get("nodeName") or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0
+    requested = options.get("gracePeriodSeconds")
+    grace = spec.get("terminationGracePeriodSeconds", 30) if requested is None else requested
+    return max(0, int(grace or 0))
+
+
 def pod_fields(obj: Obj) -> dict[str, str]:
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -499,6 +509,16 @@ def daemonset_defaults(obj: Obj) -> None:
     default_template(obj)
 
 
+def controllerrevision_row(obj: Obj, now: dt.datetime) -> list[Any]:
+    """kube's printer: the controlling owner as <kind lowercased>.<group>/<name>."""
+    owner = next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+    controller = "<none>"
+    if owner:
+        group = owner.get("apiVersion", "").rpartition("/")[0]
+        controller = f"{owner.get('kind', '').lower()}{'.' + group if group else ''}/{owner.get('name', '')}"
+    return [obj["metadata"]["name"], controller, int(obj.get("revision") or 0), age(obj, now)]
+
+
 def job_defaults(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     spec.setdefault("parallelism", 1)
@@ -712,29 +732,12 @@ def priorityclass_row(obj: Obj, now: dt.datetime) -> list[Any]:
             age(obj, now), obj.get("preemptionPolicy") or "PreemptLowerPriority"]
 
 
-def is_master(user: Any) -> bool:
-    return "system:masters" in user.groups
-
-
-def self_subject_access_review(review: Obj, user: Any) -> Obj:
-    """Until RBAC lands, system:masters may do everything and nobody else anything."""
-    review["metadata"].setdefault("creationTimestamp", None)
-    review["status"] = {"allowed": True} if is_master(user) else {"allowed": False}
-    return review
-
-
-def self_subject_rules_review(review: Obj, user: Any) -> Obj:
-    review["metadata"].setdefault("creationTimestamp", None)
-    rules = [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}] if is_master(user) else []
-    non_resource = [{"verbs": ["*"], "nonResourceURLs": ["*"]}] if is_master(user) else []
-    review["status"] = {"resourceRules": rules, "nonResourceRules": non_resource, "incomplete": False}
-    return review
-
-
 def self_subject_review(review: Obj, user: Any) -> Obj:
     info: dict[str, Any] = {"username": user.name, "groups": user.groups}
     if user.uid:
         info["uid"] = user.uid
+    if getattr(user, "extra", None):
+        info["extra"] = user.extra
     review["metadata"].setdefault("creationTimestamp", None)
     review["status"] = {"userInfo": info}
     return review
@@ -764,9 +767,10 @@ def builtin_strategies() -> list[Strategy]:
           columns=[NAME(), C("Type"), C("Data", "integer"), AGE()],
           row=lambda o, now: [o["metadata"]["name"], o.get("type", ""), len(o.get("data") or {}), age(o, now)]),
         s("", "v1", "Pod", "pods", "pod", short_names=["po"], categories=["all"],
-          subresources=("status", "binding"), defaults=pod_defaults, prepare_create=pod_prepare_create,
+          subresources=("status", "binding", "eviction", "log"), defaults=pod_defaults,
+          prepare_create=pod_prepare_create, grace_period=pod_grace_period,
           return_deleted_object=True,
-          validate=pod_validate, fields=pod_fields,
+          validate=pod_validate, fields=pod_fields, trigger_field="spec.nodeName",
           columns=[NAME(), C("Ready"), C("Status"), C("Restarts"), AGE(),
                    *wide("IP", "Node", "Nominated Node", "Readiness Gates")],
           row=pod_row),
@@ -803,9 +807,11 @@ def builtin_strategies() -> list[Strategy]:
                    C("Message"), *wide("First Seen", "Count", "Name")],
           row=events_v1_row),
         s("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", short_names=["sa"],
-          return_deleted_object=True,
+          return_deleted_object=True, subresources=("token",),
           columns=[NAME(), C("Secrets", "integer"), AGE()],
           row=lambda o, now: [o["metadata"]["name"], len(o.get("secrets") or []), age(o, now)]),
+        s("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision",
+          columns=[NAME(), C("Controller"), C("Revision", "integer"), AGE()], row=controllerrevision_row),
         s("coordination.k8s.io", "v1", "Lease", "leases", "lease",
           columns=[NAME(), C("Holder"), AGE()],
           row=lambda o, now: [o["metadata"]["name"], (o.get("spec") or {}).get("holderIdentity", ""), age(o, now)]),
@@ -869,10 +875,6 @@ def builtin_strategies() -> list[Strategy]:
           short_names=["pc"],
           columns=[NAME(), C("Value", "integer"), C("Global-Default", "boolean"), AGE(), C("PreemptionPolicy")],
           row=priorityclass_row),
-        s("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "", namespaced=False,
-          verbs=("create",), create_handler=self_subject_access_review),
-        s("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "", namespaced=False,
-          verbs=("create",), create_handler=self_subject_rules_review),
         s("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "", namespaced=False,
           verbs=("create",), create_handler=self_subject_review),
         s("batch", "v1", "CronJob", "cronjobs", "cronjob", short_names=["cj"], categories=["all"],

@@ -12,8 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ultraplane import pki
-from ultraplane.apiserver import errors
+from ultraplane.apiserver import (
+    crd,
+    errors,
+    flowcontrol,
+    podlogs,
+    policy,
+    rbac,
+    rbac_api,
+    rbac_controller,
+    satokens,
+)
 from ultraplane.apiserver.app import ApiServer, load_token_file
+from ultraplane.apiserver.encryption import EncryptionConfig
+from ultraplane.apiserver.kubeletlogs import KubeletLogSource
 from ultraplane.apiserver.registry import ListOptions, Obj, Registry, WriteOptions
 from ultraplane.apiserver.resources import (
     ClusterIPAllocator,
@@ -37,6 +49,7 @@ class ApiserverPki:
     serving_key: Path
     admin_cert: Path
     admin_key: Path
+    sa_key: Path | None = None  # the service-account token signing key (sa.key; sa.pub beside it)
 
 
 def ensure_pki(pki_dir: Path, host: str, service_ip: str) -> ApiserverPki:
@@ -45,7 +58,8 @@ def ensure_pki(pki_dir: Path, host: str, service_ip: str) -> ApiserverPki:
                     "kubernetes.default.svc.cluster.local", service_ip})
     serving = pki.issue(ca, pki_dir, "apiserver", "kube-apiserver", server_hosts=hosts)
     admin = pki.issue(ca, pki_dir, "admin", ADMIN_USER, client=True, organizations=["system:masters"])
-    return ApiserverPki(ca.cert, serving.cert, serving.key, admin.cert, admin.key)
+    return ApiserverPki(ca.cert, serving.cert, serving.key, admin.cert, admin.key,
+                        satokens.ensure_signing_key(pki_dir))
 
 
 def write_kubeconfig(path: Path, server: str, files: ApiserverPki) -> None:
@@ -99,33 +113,98 @@ class ApiserverConfig:
     anonymous: bool = False
     overrides: dict[str, Backend] = field(default_factory=dict)
     compaction_interval: float = 300.0
+    tier: str = "standard"  # capacity tier (flowcontrol.TIERS): the seats API Priority and Fairness shares out
+    max_requests_inflight: int = 0  # kube's flags; when given, their sum fixes the seats
+    max_mutating_requests_inflight: int = 0
+    priority_and_fairness: bool = True  # kube's --enable-priority-and-fairness
+    encryption: EncryptionConfig | None = None  # kube's --encryption-provider-config
+    # kube's --service-account-issuer (first signs), --service-account-key-file, --service-account-signing-key-file
+    # and --api-audiences; without files the API server uses DATA_DIR/pki/sa.key
+    service_account_issuers: list[str] = field(default_factory=list)
+    service_account_key_files: list[str] = field(default_factory=list)
+    service_account_signing_key_file: str | None = None
+    api_audiences: list[str] = field(default_factory=list)
+    service_account_max_token_expiration: int = 0  # seconds; 0: as requested
+    service_account_extend_token_expiration: bool = True
+    service_account_jwks_uri: str = ""
 
 
 class RunningApiserver:
-    def __init__(self, registry: Registry, app: ApiServer, listener: asyncio.Server) -> None:
+    def __init__(self, registry: Registry, app: ApiServer, listener: asyncio.Server,
+                 background: list[asyncio.Task[None]] | None = None) -> None:
         self.registry = registry
         self.app = app
         self.listener = listener
+        self.background = background or []
+        self.log_source: podlogs.LogSource | None = None  # where pods/log reads (a node simulator writes)
 
     async def stop(self) -> None:
         self.listener.close()
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.registry.close()
 
 
 async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: ApiserverPki) -> RunningApiserver:
     registry = Registry(backend, cfg.overrides, compaction_interval=cfg.compaction_interval)
-    for strategy in builtin_strategies():
+    registry.encryption = cfg.encryption
+    authz = rbac.RbacAuthorizer()
+    for strategy in [*builtin_strategies(), *flowcontrol.strategies(), policy.pdb_strategy(), crd.crd_strategy(),
+                     *rbac_api.strategies(authz)]:
         registry.register(strategy)
+    disruption = policy.install(registry)
+    signing_key = cfg.service_account_signing_key_file or (str(files.sa_key) if files.sa_key else None)
+    authenticator, sa_tokens = satokens.install(
+        registry, tokens=load_token_file(cfg.token_file), anonymous=cfg.anonymous,
+        issuers=cfg.service_account_issuers, key_files=cfg.service_account_key_files, signing_key_file=signing_key,
+        api_audiences=cfg.api_audiences, extend_expiration=cfg.service_account_extend_token_expiration,
+        max_expiration=cfg.service_account_max_token_expiration)
     allocator = ClusterIPAllocator(cfg.service_cidr)
     install_service_admission(registry, allocator)
     await registry.start()
-    app = ApiServer(registry, tokens=load_token_file(cfg.token_file), anonymous=cfg.anonymous,
-                    address=f"{cfg.host}:{cfg.port}")
+    app = ApiServer(registry, tokens=authenticator.tokens, anonymous=cfg.anonymous,
+                    address=f"{cfg.host}:{cfg.port}", authenticator=authenticator)
+    app.subresource_handlers[("serviceaccounts", "token")] = sa_tokens.serve_token_request
+    app.path_handlers.update(satokens.openid_handlers(sa_tokens.keys, f"{cfg.host}:{cfg.port}",
+                                                      cfg.service_account_jwks_uri))
     await asyncio.get_running_loop().run_in_executor(None, app.load_schemas)
+    crds = await crd.install(registry, app)  # stored CRDs are served before the first request
+    log_source = podlogs.MemoryLogSource()
+    # kube-apiserver proxies to the node's kubelet; nodes without one read the in-memory source
+    kubelet_logs = KubeletLogSource(registry, log_source, files.admin_cert, files.admin_key)
+    app.subresource_handlers[("pods", "log")] = podlogs.PodLogs(registry, kubelet_logs).serve
+    app.subresource_handlers[("pods", "eviction")] = disruption.serve
     await bootstrap(registry, allocator, cfg.host, cfg.port)
+    rbac_task = await rbac_controller.start_rbac(registry, authz)  # kube's rbac/bootstrap-roles hook
+    app.authorizer = authz
+    flow = await start_flowcontrol(registry, cfg)
+    if cfg.priority_and_fairness:
+        app.flowcontrol = flow
+    background = [asyncio.ensure_future(flow.run(registry)), asyncio.ensure_future(authenticator.run()),
+                  asyncio.ensure_future(satokens.LegacyTokenController(registry, sa_tokens,
+                                                                       files.ca_cert.read_bytes()).run())]
+    background.append(rbac_task)
+    if crds.task is not None:
+        background.append(crds.task)
     listener = await serve_http(app.handle, cfg.host, cfg.port, serving_context(files))
-    log.info("API server serving on https://%s:%d", cfg.host, cfg.port)
-    return RunningApiserver(registry, app, listener)
+    log.info("API server serving on https://%s:%d (tier %s, %d seats)", cfg.host, cfg.port, flow.tier.name,
+             flow.tier.seats)
+    running = RunningApiserver(registry, app, listener, background)
+    running.log_source = log_source
+    return running
+
+
+async def start_flowcontrol(registry: Registry, cfg: ApiserverConfig) -> flowcontrol.FlowControl:
+    """The APF objects (created when missing) and a dispatcher configured from them before serving."""
+    tier = flowcontrol.make_tier(cfg.tier, cfg.max_requests_inflight, cfg.max_mutating_requests_inflight)
+    await flowcontrol.ensure_bootstrap(registry)
+    flow = flowcontrol.FlowControl(tier)
+    fs = registry.strategies[(flowcontrol.GROUP, "v1", "flowschemas")]
+    pl = registry.strategies[(flowcontrol.GROUP, "v1", "prioritylevelconfigurations")]
+    flow.configure((await registry.list(fs, "", ListOptions()))["items"],
+                   (await registry.list(pl, "", ListOptions()))["items"])
+    return flow
 
 
 def install_service_admission(registry: Registry, allocator: ClusterIPAllocator) -> None:

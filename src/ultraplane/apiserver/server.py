@@ -114,7 +114,11 @@ class HttpProtocol(asyncio.Protocol):
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+            key = name.strip().lower()
+            if key in headers:  # repeated lines (Impersonate-Group) are kept, newline-joined: no value holds one
+                headers[key] += "\n" + value.strip()
+            else:
+                headers[key] = value.strip()
         body_start = end + 4
         if headers.get("transfer-encoding", "").lower() == "chunked":
             parsed = _dechunk(buf, body_start)

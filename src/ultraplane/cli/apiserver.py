@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ultraplane.apiserver.encryption import EncryptionConfigError
 from ultraplane.apiserver.resources import ClusterIPAllocator
 from ultraplane.apiserver.run import (
     ApiserverConfig,
@@ -72,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 1
-    cfg = apiserver_config(args)
+    try:
+        cfg = apiserver_config(args)
+    except EncryptionConfigError as exc:
+        log.error("%s", exc)
+        return 1
     cfg.overrides = overrides
     backend = EtcdBackend([u.strip() for u in args.etcd_servers.split(",") if u.strip()], tls)
     return run_loop(serve(backend, cfg, files, kubeconfig))

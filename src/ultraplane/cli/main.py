@@ -9,7 +9,9 @@ import sys
 from ultraplane import __version__
 from ultraplane.cli import apiserver as apiserver_cmd
 from ultraplane.cli import natscluster as natscluster_cmd
+from ultraplane.cli import nodes as nodes_cmd
 from ultraplane.cli import partitions as partitions_cmd
+from ultraplane.cli import scheduler as scheduler_cmd
 from ultraplane.cli import store as store_cmd
 from ultraplane.cli import up as up_cmd
 
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     apiserver_cmd.add_parser(sub)
     partitions_cmd.add_parser(sub)
     natscluster_cmd.add_parser(sub)
+    scheduler_cmd.add_parser(sub)
+    nodes_cmd.add_parser(sub)
     return parser
 
 

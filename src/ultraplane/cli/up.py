@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from rich.console import Console
 
 from ultraplane import pki
+from ultraplane.apiserver import encryption
+from ultraplane.apiserver.flowcontrol import TIERS, make_tier
 from ultraplane.apiserver.resources import ClusterIPAllocator
 from ultraplane.apiserver.run import (
     ApiserverConfig,
@@ -41,6 +44,7 @@ from ultraplane.store.mvcc import parse_duration
 
 log = logging.getLogger("ultraplane.up")
 ROOT = "root"
+DEFAULT_NODES = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--anonymous", action="store_true",
                         help="leave etcd auth disabled: any client with a certificate from the CA may do anything")
     add_apiserver_flags(parser)
+    parser.add_argument("--no-scheduler", action="store_true",
+                        help="do not start the scheduler (run `ultraplane scheduler` separately, or none)")
+    from ultraplane.cli.nodes import add_node_flags
+
+    add_node_flags(parser, "--nodes", "simulated nodes to start (`ultraplane nodes` as a child process; "
+                                      "default 3, or the sum of --node-type; 0 for none)")
     parser.set_defaults(run=run)
 
 
@@ -75,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         listen=[url],
         advertise=[f"https://{args.host}:{args.etcd_port}"],
-        quota_bytes=args.quota_backend_bytes or 2 * 1024**3,
+        quota_bytes=args.quota_backend_bytes or make_tier(args.tier).quota_bytes,
         max_request_bytes=args.max_request_bytes,
         compaction_mode=args.auto_compaction_mode,
         compaction_retention=args.auto_compaction_retention,
@@ -104,9 +114,27 @@ def run(args: argparse.Namespace) -> int:
             f"--cert {client.cert} --key {client.key} endpoint status -w table"
         )
 
-    api_config = apiserver_config(args)
+    if args.encryption_provider_config is None:  # first start: Secrets are encrypted at rest by default
+        args.encryption_provider_config = str(encryption.ensure_default(data_dir / "encryption-config.yaml"))
     try:
-        return run_loop(serve(config, before_serve, api_config, files, announce))
+        api_config = apiserver_config(args)
+    except encryption.EncryptionConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    # Cluster components run as child processes against the admin kubeconfig: each is also a command.
+    children: list[list[str]] = []
+    if not args.no_scheduler:
+        children.append(component_command("scheduler", "--kubeconfig", str(kubeconfig)))
+    if args.node_count is None and not args.node_type:
+        args.node_count = DEFAULT_NODES  # `ultraplane up` alone is a small working cluster
+    if args.node_count or args.node_type:
+        children.append(component_command(
+            "nodes", "--kubeconfig", str(kubeconfig), "--kubelet-address", args.host,
+            "--prefix-delegation", args.prefix_delegation, "--parallel-unpack", args.parallel_unpack,
+            *(["--count", str(args.node_count)] if args.node_count is not None else []),
+            *(["--node-type", args.node_type] if args.node_type else [])))
+    try:
+        return run_loop(serve(config, before_serve, api_config, files, announce, children))
     except UsageError as exc:
         log.error("%s", exc)
         return 1
@@ -120,14 +148,56 @@ def add_apiserver_flags(parser: argparse.ArgumentParser) -> None:
                         help="static bearer tokens for the API server: token,user,uid,\"group1,group2\" per line")
     parser.add_argument("--etcd-compaction-interval", default="5m",
                         help="how often the API server compacts the store (kube-apiserver's flag; 0 disables)")
-    parser.add_argument("--anonymous-auth", action="store_true",
-                        help="let requests without credentials in as system:anonymous (off by default)")
+    parser.add_argument("--anonymous-auth", nargs="?", const="true", default="false", choices=["true", "false"],
+                        help="let requests without credentials in as system:anonymous (kube's flag; false by default)")
+    parser.add_argument("--service-account-issuer", action="append", default=[], metavar="URL",
+                        help="iss of service-account tokens (repeatable: the first signs, all are accepted; default "
+                             "https://kubernetes.default.svc.cluster.local)")
+    parser.add_argument("--service-account-key-file", action="append", default=[], metavar="FILE",
+                        help="PEM keys that verify service-account tokens (repeatable; default: the signing key)")
+    parser.add_argument("--service-account-signing-key-file", default=None, metavar="FILE",
+                        help="PEM private key that signs service-account tokens (default DATA_DIR/pki/sa.key, "
+                             "created on first start)")
+    parser.add_argument("--api-audiences", default="", metavar="AUD,AUD",
+                        help="audiences of the API (default: the service-account issuers)")
+    parser.add_argument("--service-account-max-token-expiration", default="0s", metavar="DURATION",
+                        help="longest lifetime a TokenRequest gets (longer requests are shortened; default none)")
+    parser.add_argument("--service-account-extend-token-expiration", default="true", choices=["true", "false"],
+                        help="let the kubelet's 3607 s pod tokens live a year, warning after 3607 s (kube's flag)")
+    parser.add_argument("--service-account-jwks-uri", default="", metavar="URL",
+                        help="jwks_uri of the issuer discovery document (default: this server's /openid/v1/jwks)")
+    parser.add_argument("--tier", default="standard", choices=list(TIERS),
+                        help="capacity tier: standard adapts its seats to the load (60 to 600, 8 GB database "
+                             "quota); xl, 2xl, 4xl and 8xl reserve 1000, 2600, 6800 and 13600 seats and 16 GB")
+    parser.add_argument("--max-requests-inflight", type=int, default=0,
+                        help="with --max-mutating-requests-inflight: fix the server's total seats (kube's flags)")
+    parser.add_argument("--max-mutating-requests-inflight", type=int, default=0,
+                        help="added to --max-requests-inflight for the server's total seats")
+    parser.add_argument("--encryption-provider-config", default=None, metavar="FILE",
+                        help="EncryptionConfiguration for encryption at rest (kube's flag; `up` writes "
+                             "DATA_DIR/encryption-config.yaml encrypting Secrets when not given)")
+    parser.add_argument("--enable-priority-and-fairness", default="true", choices=["true", "false"],
+                        help="classify, queue and limit requests with API Priority and Fairness (kube's flag)")
 
 
 def apiserver_config(args: argparse.Namespace) -> ApiserverConfig:
     return ApiserverConfig(host=args.host, port=args.secure_port, service_cidr=args.service_cluster_ip_range,
-                           token_file=args.token_auth_file, anonymous=args.anonymous_auth,
-                           compaction_interval=parse_duration(args.etcd_compaction_interval))
+                           token_file=args.token_auth_file, anonymous=args.anonymous_auth == "true",
+                           compaction_interval=parse_duration(args.etcd_compaction_interval), tier=args.tier,
+                           max_requests_inflight=args.max_requests_inflight,
+                           max_mutating_requests_inflight=args.max_mutating_requests_inflight,
+                           priority_and_fairness=args.enable_priority_and_fairness == "true",
+                           service_account_issuers=args.service_account_issuer,
+                           service_account_key_files=args.service_account_key_file,
+                           service_account_signing_key_file=args.service_account_signing_key_file,
+                           api_audiences=[a for a in args.api_audiences.split(",") if a],
+                           service_account_max_token_expiration=int(
+                               parse_duration(args.service_account_max_token_expiration)),
+                           service_account_extend_token_expiration=args.service_account_extend_token_expiration
+                           == "true",
+                           service_account_jwks_uri=args.service_account_jwks_uri,
+                           encryption=encryption.load(Path(args.encryption_provider_config))
+                           if args.encryption_provider_config else None)
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -139,8 +209,29 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(main)
 
 
+def component_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ultraplane", *args]
+
+
+async def start_children(commands: list[list[str]]) -> list[asyncio.subprocess.Process]:
+    return [await asyncio.create_subprocess_exec(*argv) for argv in commands]
+
+
+async def stop_children(procs: list[asyncio.subprocess.Process]) -> None:
+    for proc in reversed(procs):
+        if proc.returncode is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 async def serve(config: StoreConfig, before_serve: Callable[[StoreServer], Awaitable[None]],
-                api_config: ApiserverConfig, files: ApiserverPki, announce: Callable[[], None]) -> int:
+                api_config: ApiserverConfig, files: ApiserverPki, announce: Callable[[], None],
+                children: list[list[str]] | None = None) -> int:
     """Store first (auth enabled before any listener), then the API server over it; stop in reverse."""
     from ultraplane.journal.file import JournalError
 
@@ -156,12 +247,14 @@ async def serve(config: StoreConfig, before_serve: Callable[[StoreServer], Await
         await server.stop()
         return 1
     announce()
+    procs = await start_children(children or [])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("received signal; shutting down")
+    await stop_children(procs)
     await api.stop()
     await server.stop()
     return 0

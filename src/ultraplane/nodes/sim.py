@@ -1,0 +1,622 @@
+"""One process, many kubelets: registration, lease heartbeats, node status, and the pods bound to them.
+
+Everything goes through the API server on a few keep-alive connections: a fixed pool of workers
+drains one queue of writes (lease renewals, node status posts, pod status updates), one list+watch
+covers the pods of every simulated node, and heartbeats are spread over the renew interval in 100 ms
+ticks, so N nodes cost N / interval lease updates per second, evenly.
+
+Pod status follows the kubelet's status manager: each pod has one desired status and at most one
+queued write, so a pod that reached Running before its ContainerCreating write went out is written
+once, as Running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ultraplane.client.http import ApiError, KubeClient
+from ultraplane.nodes import objects
+from ultraplane.nodes.ipam import Ec2Api, NodeAddresses, ZoneSubnet, zone_subnets
+from ultraplane.nodes.objects import LEASE_NAMESPACE, Obj
+from ultraplane.nodes.startup import PullModel, RunPlan, image_id, image_size_mb, parallel_override, run_plan
+from ultraplane.nodes.types import InstanceType
+
+log = logging.getLogger("ultraplane.nodes")
+TICK = 0.1
+LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
+CRASH_BACKOFF_START = 10.0  # kubelet's container restart back-off: 10 s, doubling, at most 5 min
+CRASH_BACKOFF_MAX = 300.0
+MANIFEST_CHECK_SECONDS = 0.05  # imagePullPolicy Always on a cached image: only the manifest is fetched
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class SimConfig:
+    region: str = "us-east-1"
+    zones: int = 3
+    vpc_cidr: str = "10.0.0.0/8"
+    start_index: int = 0  # first node index (another simulator against the same cluster starts elsewhere)
+    prefix_delegation: bool = True
+    lease_duration: int = 40
+    lease_renew_interval: float = 10.0  # the kubelet renews at a quarter of the lease duration
+    status_report_interval: float = 300.0  # kubelet's nodeStatusReportFrequency when nothing changed
+    concurrency: int = 64  # API writes in flight
+    kubelet_host: str = "127.0.0.1"
+    kubelet_port: int = 0
+    events: bool = True  # the kubelet's Pulling/Pulled/Created/Started/Killing/BackOff events
+    pull: PullModel = field(default_factory=PullModel)
+    ec2: Ec2Api = field(default_factory=lambda: Ec2Api(latency=0.05))
+
+
+class SimNode:
+    __slots__ = ("index", "name", "itype", "zone", "ip", "addresses", "uid", "lease", "alive", "registered",
+                 "lease_queued", "status_due", "ready_since", "images", "attach_lock", "pods")
+
+    def __init__(self, index: int, name: str, itype: InstanceType, zone: str, ip: str,
+                 addresses: NodeAddresses) -> None:
+        self.index = index
+        self.name = name
+        self.itype = itype
+        self.zone = zone
+        self.ip = ip
+        self.addresses = addresses
+        self.uid = ""
+        self.lease: str | None = None  # resourceVersion of our Lease
+        self.alive = True  # heartbeating and running pods; False when killed or cut off
+        self.registered = False
+        self.lease_queued = False
+        self.status_due = 0.0
+        self.ready_since: str | None = None
+        self.images: set[str] = set()
+        self.attach_lock = asyncio.Lock()
+        self.pods: set[str] = set()  # uids
+
+
+class PodState:
+    __slots__ = ("uid", "namespace", "name", "node", "pod", "ip", "task", "phase", "status", "started_at",
+                 "plan", "terminating", "queued", "desired", "restarts")
+
+    def __init__(self, pod: Obj, node: SimNode) -> None:
+        meta = pod["metadata"]
+        self.uid: str = meta.get("uid", "")
+        self.namespace: str = meta.get("namespace", "")
+        self.name: str = meta["name"]
+        self.node = node
+        self.pod = pod
+        self.ip = ""
+        self.task: asyncio.Task[None] | None = None
+        self.phase = "Pending"
+        self.status: Obj | None = None  # last status this node decided (running or finished)
+        self.started_at: dt.datetime | None = None
+        self.plan: dict[str, RunPlan] = {}
+        self.terminating = False
+        self.queued = False
+        self.desired: Obj | None = None
+        self.restarts = 0  # container restarts so far (restartPolicy OnFailure)
+
+
+@dataclass
+class Stats:
+    registered: int = 0
+    lease_renewals: int = 0
+    lease_failures: int = 0
+    status_posts: int = 0
+    pod_writes: int = 0
+    pods_running: int = 0
+    pods_finished: int = 0
+    pods_deleted: int = 0
+    events: int = 0
+    write_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
+
+
+def _go_duration(seconds: float) -> str:
+    """time.Duration's String() for the durations a pull takes: 340.5ms, 1.234s."""
+    if seconds < 1:
+        return f"{seconds * 1000:.3f}".rstrip("0").rstrip(".") + "ms"
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def node_name(ip: str, region: str) -> str:
+    domain = "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
+    return f"ip-{ip.replace('.', '-')}.{domain}"
+
+
+class NodeSimulator:
+    def __init__(self, client: KubeClient, types: list[InstanceType], cfg: SimConfig | None = None) -> None:
+        self.client = client
+        self.cfg = cfg or SimConfig()
+        self.stats = Stats()
+        self.subnets: list[ZoneSubnet] = zone_subnets(self.cfg.vpc_cidr, self.cfg.zones)
+        self.nodes: list[SimNode] = []
+        self.by_name: dict[str, SimNode] = {}
+        for offset, itype in enumerate(types):
+            index = self.cfg.start_index + offset
+            zone_no = index % self.cfg.zones
+            subnet = self.subnets[zone_no]
+            ip = subnet.node_address(index // self.cfg.zones)
+            name = node_name(ip, self.cfg.region)
+            node = SimNode(index, name, itype, f"{self.cfg.region}{chr(ord('a') + zone_no)}", ip,
+                           NodeAddresses(subnet, self.cfg.prefix_delegation))
+            self.nodes.append(node)
+            self.by_name[name] = node
+        self.pods: dict[str, PodState] = {}  # uid -> state, pods bound to our nodes
+        self.by_key: dict[tuple[str, str], PodState] = {}
+        self.queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.kubelet_port = self.cfg.kubelet_port
+        self.synced = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, register: bool = True) -> None:
+        self.tasks += [asyncio.create_task(self._worker()) for _ in range(self.cfg.concurrency)]
+        # heartbeats and pods start before registration ends: with 100,000 nodes that takes minutes,
+        # and the first nodes' Leases would expire meanwhile (each kubelet heartbeats on its own)
+        self.tasks.append(asyncio.create_task(self._tick_loop()))
+        self.tasks.append(asyncio.create_task(self._pod_loop()))
+        if register:
+            await self.register_all()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for state in self.pods.values():
+            if state.task is not None:
+                state.task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self.queue.get()
+            started = time.monotonic()
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                log.debug("write failed: %s", exc)
+            except Exception:
+                log.exception("simulated kubelet write failed")
+            self.stats.write_latencies.append(time.monotonic() - started)
+
+    # ------------------------------------------------------------------ registration
+    async def register_all(self, on_progress: Callable[[int], None] | None = None) -> None:
+        """Launch every node: warm its first address block, create (or adopt) the Node, then its Lease.
+
+        A fixed set of launchers walks the node list (not one coroutine per node: 100,000 pending
+        coroutines would cost more memory than the nodes themselves).
+        """
+        pending = iter(self.nodes)
+        done = 0
+
+        async def launcher() -> None:
+            nonlocal done
+            for node in pending:
+                for attempt in range(5):
+                    try:
+                        await self.register(node)
+                        break
+                    except ApiError as exc:  # 429 from priority and fairness, or a 5xx: back off and retry
+                        if attempt == 4 or exc.code not in (429, 500, 503, 504):
+                            raise
+                        await asyncio.sleep(0.5 * 2 ** attempt)
+                done += 1
+                if on_progress is not None:
+                    on_progress(done)
+
+        await asyncio.gather(*(launcher() for _ in range(min(self.cfg.concurrency, len(self.nodes)) or 1)))
+
+    async def register(self, node: SimNode) -> None:
+        async with node.attach_lock:
+            if not node.addresses.blocks:
+                await self.cfg.ec2.call()  # the CNI warms one block before the network is ready
+                node.addresses.attach()
+        now = _now()
+        body = objects.node_object(node.name, node.itype, node.zone, self.cfg.region, node.ip, node.index,
+                                   self.kubelet_port, self.cfg.kubelet_host, now)
+        try:
+            created = await self.client.create("/api/v1/nodes", body)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            # registered before (a restarted simulator): reconcile the status the way the kubelet does
+            created = await self.client.patch(f"/api/v1/nodes/{node.name}/status", {"status": body["status"]})
+        node.uid = created["metadata"].get("uid", "")
+        node.ready_since = objects.rfc3339(now)
+        node.registered = True
+        node.status_due = time.monotonic() + self.cfg.status_report_interval * (
+            0.5 + (node.index % 100) / 200)  # spread the periodic posts too
+        await self.renew_lease(node)
+        self.stats.registered += 1
+
+    # ------------------------------------------------------------------ heartbeats
+    async def renew_lease(self, node: SimNode) -> None:
+        """PUT the Lease with the last resourceVersion seen (only that is kept per node, not the object)."""
+        node.lease_queued = False
+        if not node.alive:
+            return
+        path = f"{LEASES}/{node.name}"
+        for _attempt in range(3):
+            body = objects.lease_object(node.name, node.uid, self.cfg.lease_duration, _now())
+            try:
+                if node.lease is None:
+                    try:
+                        result = await self.client.create(LEASES, body)
+                    except ApiError as exc:
+                        if exc.code != 409:
+                            raise
+                        node.lease = (await self.client.get(path))["metadata"]["resourceVersion"]
+                        continue
+                else:
+                    body["metadata"]["resourceVersion"] = node.lease
+                    result = await self.client.update(path, body)
+                node.lease = result["metadata"]["resourceVersion"]
+                self.stats.lease_renewals += 1
+                return
+            except ApiError as exc:
+                if exc.code == 409:
+                    node.lease = (await self.client.get(path))["metadata"]["resourceVersion"]
+                elif exc.code == 404:
+                    node.lease = None
+                else:
+                    break
+        self.stats.lease_failures += 1
+
+    async def post_status(self, node: SimNode) -> None:
+        if not node.alive:
+            return
+        patch = objects.node_ready_patch(_now(), node.ready_since)
+        await self.client.patch(f"/api/v1/nodes/{node.name}/status", patch)
+        self.stats.status_posts += 1
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        slots = max(1, round(self.cfg.lease_renew_interval / TICK))
+        buckets: list[list[SimNode]] = [[] for _ in range(slots)]
+        for offset, node in enumerate(self.nodes):
+            buckets[offset * slots // max(1, len(self.nodes))].append(node)
+        slot = 0
+        deadline = loop.time()
+        while True:
+            now = time.monotonic()
+            for node in buckets[slot]:
+                if not node.alive or not node.registered:
+                    continue
+                if not node.lease_queued:
+                    node.lease_queued = True
+                    self.queue.put_nowait(lambda n=node: self.renew_lease(n))
+                if now >= node.status_due:
+                    node.status_due = now + self.cfg.status_report_interval
+                    self.queue.put_nowait(lambda n=node: self.post_status(n))
+            slot = (slot + 1) % slots
+            deadline += TICK
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    # ------------------------------------------------------------------ killing and reviving
+    def kill(self, name: str) -> None:
+        """The kubelet stops: no more lease renewals, status posts or pod work (its pods stay as they are)."""
+        node = self.by_name[name]
+        node.alive = False
+        for uid in node.pods:
+            state = self.pods.get(uid)
+            if state is not None and state.task is not None:
+                state.task.cancel()
+                state.task = None
+
+    def revive(self, name: str) -> None:
+        """The kubelet comes back: it renews its lease, posts Ready and resumes its pods."""
+        node = self.by_name[name]
+        if node.alive:
+            return
+        node.alive = True
+        node.ready_since = objects.rfc3339(_now())
+        self.queue.put_nowait(lambda: self.renew_lease(node))
+        self.queue.put_nowait(lambda: self.post_status(node))
+        for uid in list(node.pods):
+            state = self.pods.get(uid)
+            if state is not None:
+                self._sync_pod(state)
+
+    # ------------------------------------------------------------------ pods
+    async def _pod_loop(self) -> None:
+        params = {"fieldSelector": "spec.nodeName!="}
+        while True:
+            try:
+                listed = await self.client.list("/api/v1/pods", params)
+                version = listed["metadata"]["resourceVersion"]
+                seen = set()
+                for pod in listed["items"]:
+                    seen.add(pod["metadata"].get("uid", ""))
+                    self.on_pod(pod)
+                for uid in [u for u in self.pods if u not in seen]:
+                    self.on_pod_deleted(self.pods[uid].pod)
+                self.synced.set()
+                while True:
+                    async for event in self.client.watch("/api/v1/pods", {
+                            **params, "resourceVersion": version, "allowWatchBookmarks": "true"}):
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":
+                            raise ApiError(obj)
+                        version = obj.get("metadata", {}).get("resourceVersion", version)
+                        if kind in ("ADDED", "MODIFIED"):
+                            self.on_pod(obj)
+                        elif kind == "DELETED":
+                            self.on_pod_deleted(obj)
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.code != 410:
+                    log.warning("pod watch failed: %s", exc)
+                    await asyncio.sleep(1)
+            except (OSError, ConnectionError) as exc:
+                log.warning("pod watch broke: %s", exc)
+                await asyncio.sleep(1)
+
+    def on_pod(self, pod: Obj) -> None:
+        node = self.by_name.get((pod.get("spec") or {}).get("nodeName", ""))
+        if node is None:
+            return
+        uid = pod["metadata"].get("uid", "")
+        state = self.pods.get(uid)
+        if state is None:
+            state = PodState(pod, node)
+            self.pods[uid] = state
+            self.by_key[(state.namespace, state.name)] = state
+            node.pods.add(uid)
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            if phase in ("Running", "Succeeded", "Failed"):  # ours from before a restart
+                self._adopt(state, pod)
+        else:
+            state.pod = pod
+        if node.alive:
+            self._sync_pod(state)
+
+    def on_pod_deleted(self, pod: Obj) -> None:
+        state = self.pods.pop(pod["metadata"].get("uid", ""), None)
+        if state is None:
+            return
+        self.by_key.pop((state.namespace, state.name), None)
+        state.node.pods.discard(state.uid)
+        if state.task is not None:
+            state.task.cancel()
+        self._release_ip(state)
+        self.stats.pods_deleted += 1
+
+    def _adopt(self, state: PodState, pod: Obj) -> None:
+        status = pod.get("status") or {}
+        state.phase = status.get("phase", "Pending")
+        state.status = status
+        ip = status.get("podIP", "")
+        if ip and state.phase == "Running" and state.node.addresses.adopt(ip):
+            state.ip = ip
+        started = ((status.get("containerStatuses") or [{}])[0].get("state") or {}).get("running", {})
+        if started.get("startedAt"):
+            state.started_at = dt.datetime.fromisoformat(started["startedAt"].replace("Z", "+00:00"))
+        state.plan = {c["name"]: run_plan(pod, c) for c in pod["spec"].get("containers") or []}
+
+    def _sync_pod(self, state: PodState) -> None:
+        meta = state.pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            if not state.terminating:
+                state.terminating = True
+                if state.task is not None:
+                    state.task.cancel()
+                state.task = asyncio.create_task(self._terminate(state))
+            return
+        if state.task is not None or state.terminating:
+            return
+        if state.phase == "Pending":
+            state.task = asyncio.create_task(self._launch(state))
+        elif state.phase == "Running" and state.started_at is not None:
+            finite = [p.seconds for p in state.plan.values() if p.seconds is not None]
+            if finite and len(finite) == len(state.plan):
+                state.task = asyncio.create_task(self._finish(state))
+
+    def _desire(self, state: PodState, status: Obj) -> None:
+        """The status manager: keep the latest status, queue at most one write per pod."""
+        state.desired = status
+        if not state.queued:
+            state.queued = True
+            self.queue.put_nowait(lambda: self._write_status(state))
+
+    async def _write_now(self, state: PodState, status: Obj) -> None:
+        state.desired = None
+        state.queued = False  # a queued write finds nothing to do
+        await self._patch_status(state, status)
+
+    async def _write_status(self, state: PodState) -> None:
+        state.queued = False
+        status, state.desired = state.desired, None
+        if status is None or state.uid not in self.pods or not state.node.alive:
+            return
+        await self._patch_status(state, status)
+
+    async def _patch_status(self, state: PodState, status: Obj) -> None:
+        path = f"/api/v1/namespaces/{state.namespace}/pods/{state.name}/status"
+        try:
+            if "conditions" in status:
+                status = {**status, "conditions": objects.condition_patch(status["conditions"])}
+            await self.client.patch(path, {"metadata": {"uid": state.uid}, "status": status})
+            self.stats.pod_writes += 1
+        except ApiError as exc:
+            if exc.code not in (404, 409):
+                raise
+
+    def _event(self, state: PodState, container: str, kind: str, reason: str, message: str) -> None:
+        if not self.cfg.events:
+            return
+        event = objects.pod_event(state.pod, state.node.name, container, kind, reason, message, _now())
+        self.queue.put_nowait(lambda: self._post_event(state.namespace, event))
+
+    async def _post_event(self, namespace: str, event: Obj) -> None:
+        try:
+            await self.client.create(f"/api/v1/namespaces/{namespace}/events", event)
+            self.stats.events += 1
+        except ApiError as exc:  # the recorder drops what the server refuses (a namespace being deleted)
+            if exc.code not in (403, 404, 409):
+                raise
+
+    async def _attach_block(self, node: SimNode) -> None:
+        async with node.attach_lock:
+            if node.addresses.needs_attach():
+                await self.cfg.ec2.call()
+                node.addresses.attach()
+
+    async def _launch(self, state: PodState) -> None:
+        try:
+            node, pod = state.node, state.pod
+            start = _now()
+            self._desire(state, objects.creating_status(pod, node.ip, start))
+            while not state.ip:
+                await self._attach_block(node)
+                if not node.addresses.needs_attach():
+                    state.ip = node.addresses.allocate()
+            delay = self.cfg.pull.sandbox_seconds
+            parallel = parallel_override(pod)
+            image_ids = {}
+            pulled: list[tuple[str, str, float]] = []  # (container, image, seconds) pulled for this pod
+            containers = (pod["spec"].get("initContainers") or []) + (pod["spec"].get("containers") or [])
+            for c in containers:
+                image = c.get("image", "")
+                if image not in node.images:
+                    seconds = self.cfg.pull.pull_seconds(image, parallel)
+                    delay += seconds
+                    node.images.add(image)
+                    pulled.append((c["name"], image, seconds))
+                    self._event(state, c["name"], "Normal", "Pulling", f'Pulling image "{image}"')
+                elif c.get("imagePullPolicy") == "Always":
+                    delay += MANIFEST_CHECK_SECONDS
+                    pulled.append((c["name"], image, MANIFEST_CHECK_SECONDS))
+                    self._event(state, c["name"], "Normal", "Pulling", f'Pulling image "{image}"')
+                else:
+                    self._event(state, c["name"], "Normal", "Pulled",
+                                f'Container image "{image}" already present on machine')
+                image_ids[image] = image_id(image)
+            await asyncio.sleep(delay)
+            for name, image, seconds in pulled:
+                took = _go_duration(seconds)
+                self._event(state, name, "Normal", "Pulled", f'Successfully pulled image "{image}" in {took} '
+                            f'({took} including waiting). Image size: {int(image_size_mb(image) * 2**20)} bytes.')
+            for c in containers:
+                self._event(state, c["name"], "Normal", "Created", f"Created container: {c['name']}")
+                self._event(state, c["name"], "Normal", "Started", f"Started container {c['name']}")
+            state.started_at = _now()
+            state.plan = {c["name"]: run_plan(pod, c) for c in pod["spec"].get("containers") or []}
+            readiness = objects.readiness_delay(pod)
+            ready_at = state.started_at if readiness <= 0 else None
+            state.status = objects.running_status(pod, node.ip, state.ip, start, state.started_at, image_ids,
+                                                  ready_at)
+            state.phase = "Running"
+            self.stats.pods_running += 1
+            self._desire(state, state.status)
+            if ready_at is None:
+                await asyncio.sleep(readiness)
+                state.status = objects.running_status(pod, node.ip, state.ip, start, state.started_at, image_ids,
+                                                      _now())
+                self._desire(state, state.status)
+            state.task = None
+            self._sync_pod(state)
+        except asyncio.CancelledError:
+            pass
+
+    async def _finish(self, state: PodState) -> None:
+        """A job-like pod's containers exit when their run time is up; the pod ends Succeeded or Failed.
+
+        With restartPolicy OnFailure a non-zero exit restarts the containers after the kubelet's
+        crash-loop back-off (immediately, then 10 s doubling to 5 min) and the pod stays Running.
+        """
+        try:
+            assert state.started_at is not None and state.status is not None
+            seconds = max(p.seconds or 0.0 for p in state.plan.values())
+            exit_code = next((p.exit_code for p in state.plan.values() if p.exit_code), 0)
+            while True:
+                remaining = seconds - (_now() - state.started_at).total_seconds()
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+                at = max(state.started_at + dt.timedelta(seconds=seconds), state.started_at)
+                if exit_code == 0 or state.pod["spec"].get("restartPolicy") != "OnFailure":
+                    break
+                # the first restart is immediate; back-off applies from the second on
+                backoff = min(CRASH_BACKOFF_START * 2 ** (state.restarts - 1), CRASH_BACKOFF_MAX) \
+                    if state.restarts else 0.0
+                state.status = objects.crash_loop_status(state.status, exit_code, at, backoff, state.name,
+                                                         state.namespace, state.uid)
+                if backoff:
+                    for name in state.plan:
+                        self._event(state, name, "Warning", "BackOff", f"Back-off restarting failed container "
+                                    f"{name} in pod {state.name}_{state.namespace}({state.uid})")
+                    self._desire(state, state.status)
+                    await asyncio.sleep(backoff)
+                state.restarts += 1
+                state.started_at = _now()
+                state.status = objects.restarted_status(state.status, state.uid, state.started_at)
+                self._desire(state, state.status)
+            state.status = objects.finished_status(state.pod, state.status, exit_code, at)
+            state.phase = state.status["phase"]
+            self.stats.pods_finished += 1
+            self._release_ip(state)
+            self._desire(state, state.status)
+            state.task = None
+        except asyncio.CancelledError:
+            pass
+
+    async def _terminate(self, state: PodState) -> None:
+        """Graceful deletion: stop the containers within the grace period, then confirm with grace 0."""
+        try:
+            meta = state.pod["metadata"]
+            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+            if state.phase == "Running" and state.status is not None:
+                for name in state.plan:
+                    self._event(state, name, "Normal", "Killing", f"Stopping container {name}")
+                stop = self._stop_seconds(state.pod)
+                if grace > 0:
+                    await asyncio.sleep(min(grace, stop))
+                # the containers' end is written before the final delete (SIGTERM honoured: 0, killed: 137)
+                exit_code = 0 if stop < grace else 137
+                state.status = objects.finished_status(state.pod, state.status, exit_code, _now())
+                state.phase = state.status["phase"]
+                await self._write_now(state, state.status)
+            self._release_ip(state)
+            try:
+                await self.client.delete(f"/api/v1/namespaces/{state.namespace}/pods/{state.name}",
+                                         {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                                          "preconditions": {"uid": state.uid}})
+            except ApiError as exc:
+                if exc.code not in (404, 409):
+                    raise
+        except asyncio.CancelledError:
+            pass
+
+    @staticmethod
+    def _stop_seconds(pod: Obj) -> float:
+        """A shell or sleep as PID 1 ignores SIGTERM and is killed at the end of the grace period."""
+        for c in pod["spec"].get("containers") or []:
+            argv = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+            if argv and argv[0].rsplit("/", 1)[-1] in ("sleep", "sh", "bash"):
+                return float("inf")
+        return 0.1
+
+    def _release_ip(self, state: PodState) -> None:
+        if state.ip:
+            state.node.addresses.release(state.ip)
+            state.ip = ""
+
+    # ------------------------------------------------------------------ queries (kubelet endpoint, admin)
+    def summary(self) -> Obj:
+        alive = sum(1 for n in self.nodes if n.alive)
+        return {"nodes": len(self.nodes), "alive": alive, "registered": self.stats.registered,
+                "leaseRenewals": self.stats.lease_renewals, "leaseFailures": self.stats.lease_failures,
+                "statusPosts": self.stats.status_posts, "podWrites": self.stats.pod_writes,
+                "pods": len(self.pods), "podsRunning": self.stats.pods_running,
+                "podsFinished": self.stats.pods_finished, "events": self.stats.events, "queued": self.queue.qsize(),
+                "ec2Calls": self.cfg.ec2.calls, "prefixDelegation": self.cfg.prefix_delegation}

@@ -1,0 +1,140 @@
+"""What a simulated container does: how long its image takes to pull, how long it runs, what it prints.
+
+Pull model: an image of S MB downloads at `download_mbps` and unpacks at `unpack_mbps`. A stock
+runtime downloads every layer and then unpacks (S/d + S/u); with parallel pull and unpack, as SOCI's
+parallel mode does, unpacking overlaps the download (max(S/d, S/u)), which halves the time when the
+two rates are equal. Images already on the node (IfNotPresent) are not pulled again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+RUN_SECONDS_ANNOTATION = "ultraplane.io/run-seconds"
+EXIT_CODE_ANNOTATION = "ultraplane.io/exit-code"
+PARALLEL_UNPACK_ANNOTATION = "ultraplane.io/parallel-unpack"
+DEFAULT_IMAGE_MB = 200.0
+LOG_INTERVAL = 5.0  # seconds between the simulated periodic log lines
+
+# Compressed sizes (MB, linux/amd64) of well-known images; the repository decides, tags are ignored.
+IMAGE_SIZES_MB: dict[str, float] = {
+    "registry.k8s.io/pause": 0.3, "busybox": 2.2, "alpine": 3.6, "debian": 49, "ubuntu": 29.7,
+    "nginx": 68, "httpd": 58, "redis": 45, "memcached": 30, "postgres": 150, "mysql": 170, "mongo": 270,
+    "python": 390, "node": 400, "golang": 280, "openjdk": 330, "eclipse-temurin": 180,
+    "perl": 330, "registry.k8s.io/e2e-test-images/agnhost": 50,
+    "pytorch/pytorch": 3400, "tensorflow/tensorflow": 2100, "nvcr.io/nvidia/pytorch": 9700,
+    "nvcr.io/nvidia/tritonserver": 7500, "nvcr.io/nvidia/cuda": 1800, "vllm/vllm-openai": 8900,
+}
+_LIBRARY = re.compile(r"^(docker\.io/)?(library/)?")
+
+
+def image_repository(image: str) -> str:
+    """`docker.io/library/nginx:1.27@sha256:...` → `nginx`."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name[: name.rfind(":")]
+    return _LIBRARY.sub("", name)
+
+
+def image_size_mb(image: str) -> float:
+    return IMAGE_SIZES_MB.get(image_repository(image), DEFAULT_IMAGE_MB)
+
+
+def image_id(image: str) -> str:
+    """A stable content digest for the image reference (what the runtime reports as imageID)."""
+    digest = hashlib.sha256(image_repository(image).encode()).hexdigest()
+    repo = image.split("@", 1)[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo[: repo.rfind(":")]
+    if "/" not in repo or "." not in repo.split("/", 1)[0]:
+        repo = "docker.io/library/" + repo if "/" not in repo else "docker.io/" + repo
+    return f"{repo}@sha256:{digest}"
+
+
+@dataclass
+class PullModel:
+    download_mbps: float = 200.0
+    unpack_mbps: float = 200.0
+    parallel_unpack: bool = True  # SOCI's parallel pull and unpack
+    sandbox_seconds: float = 0.2  # pod sandbox and network setup
+
+    def pull_seconds(self, image: str, parallel: bool | None = None) -> float:
+        size = image_size_mb(image)
+        download, unpack = size / self.download_mbps, size / self.unpack_mbps
+        return max(download, unpack) if (self.parallel_unpack if parallel is None else parallel) \
+            else download + unpack
+
+
+def parallel_override(pod: dict[str, Any]) -> bool | None:
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(PARALLEL_UNPACK_ANNOTATION)
+    return None if value is None else value.lower() == "true"
+
+
+@dataclass
+class RunPlan:
+    """How a container behaves once started: forever, or exiting after `seconds` with `exit_code`."""
+    seconds: float | None
+    exit_code: int = 0
+    output: list[str] | None = None  # lines printed at start (echo)
+
+
+_SLEEP = re.compile(r"(?:^|[;&|\s])sleep\s+(\d+(?:\.\d+)?)")
+_EXIT = re.compile(r"(?:^|[;&|\s])exit\s+(\d+)")
+_ECHO = re.compile(r"echo\s+(?:-n\s+)?(\"[^\"]*\"|'[^']*'|[^;&|]+)")
+
+
+def command_text(container: dict[str, Any]) -> str:
+    return " ".join(str(x) for x in (container.get("command") or []) + (container.get("args") or []))
+
+
+def run_plan(pod: dict[str, Any], container: dict[str, Any]) -> RunPlan:
+    """Job-like pods (restartPolicy Never/OnFailure) finish; others run until deleted."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    spec = pod.get("spec") or {}
+    text = command_text(container)
+    output = []
+    for match in _ECHO.finditer(text):
+        word = match.group(1).strip()
+        try:
+            output.append(" ".join(shlex.split(word)))
+        except ValueError:
+            output.append(word)
+    exit_match = _EXIT.search(text)
+    exit_code = int(annotations.get(EXIT_CODE_ANNOTATION, exit_match.group(1) if exit_match else 0))
+    if RUN_SECONDS_ANNOTATION in annotations:
+        try:
+            return RunPlan(float(annotations[RUN_SECONDS_ANNOTATION]), exit_code, output)
+        except ValueError:
+            pass
+    finite = spec.get("restartPolicy") in ("Never", "OnFailure") or any(
+        ref.get("kind") == "Job" for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
+    sleep = _SLEEP.search(text)
+    if not finite:
+        return RunPlan(None, 0, output)
+    if sleep:
+        return RunPlan(float(sleep.group(1)), exit_code, output)
+    return RunPlan(1.0, exit_code, output)  # a batch command with nothing to tell its length: one second
+
+
+def log_lines(pod: dict[str, Any], container: dict[str, Any], started: dt.datetime, until: dt.datetime,
+              plan: RunPlan) -> list[tuple[dt.datetime, str]]:
+    """The container's output from start to `until`: its echo lines, then a line every LOG_INTERVAL."""
+    lines: list[tuple[dt.datetime, str]] = []
+    name = container.get("name", "")
+    if plan.output:
+        lines.extend((started, text) for text in plan.output)
+    else:
+        lines.append((started, f"{name}: started {container.get('image', '')} on "
+                               f"{(pod.get('spec') or {}).get('nodeName', '')}"))
+        elapsed = (until - started).total_seconds()
+        if plan.seconds is not None:
+            elapsed = min(elapsed, plan.seconds)
+        for tick in range(1, int(elapsed / LOG_INTERVAL) + 1):
+            lines.append((started + dt.timedelta(seconds=tick * LOG_INTERVAL), f"{name}: heartbeat {tick}"))
+    return lines
