@@ -295,6 +295,7 @@ async def watch_fanout(server: Server, n_watchers: int, n_all: int, rate: float,
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx)
         selector = f"&fieldSelector=spec.nodeName%3Dnode-{node}" if node >= 0 else ""
         sink = latencies if node >= 0 else all_latencies
+        seen: set[bytes] = set()
         writer.write(f"GET /api/v1/pods?watch=1&resourceVersion={rv}&allowWatchBookmarks=true{selector} "
                      f"HTTP/1.1\r\nHost: bench\r\nAccept: application/json\r\n\r\n".encode())
         while (await reader.readline()) not in (b"\r\n", b""):
@@ -310,7 +311,9 @@ async def watch_fanout(server: Server, n_watchers: int, n_all: int, rate: float,
                 now = time.perf_counter()
                 for name in NAME_RE.findall(chunk):
                     at = sent.get(name)
-                    if at is not None:
+                    # only the first event of each pod: controllers (pod GC) may modify or delete it later
+                    if at is not None and name not in seen:
+                        seen.add(name)
                         sink.append(now - at)
         finally:
             writer.close()

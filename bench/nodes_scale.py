@@ -86,7 +86,7 @@ def rss_and_cpu(pid: int) -> tuple[int, float]:
 def process_name(pid: int) -> str:
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     words = [w.decode() for w in argv if w]
-    return next((w for w in ("scheduler", "nodes") if w in words), "apiserver+store")
+    return next((w for w in ("scheduler", "controllers", "nodes") if w in words[:4]), "apiserver+store")
 
 
 @dataclass
@@ -100,11 +100,16 @@ class Sampler:
     extra: list[int] = field(default_factory=list)  # the nodes process when the bench starts it itself
 
     def sample(self) -> None:
+        rss_now: dict[str, int] = {}
+        cpu_now: dict[str, float] = {}
         for pid in [self.root, *children_of(self.root), *self.extra]:
             name = process_name(pid)
             rss, cpu = rss_and_cpu(pid)
+            rss_now[name] = rss_now.get(name, 0) + rss
+            cpu_now[name] = cpu_now.get(name, 0.0) + cpu
+        for name, rss in rss_now.items():
             self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
-            self.cpu_now[name] = cpu
+        self.cpu_now = cpu_now
 
     def mark(self) -> None:
         self.sample()
@@ -226,20 +231,28 @@ async def workload(client: KubeClient, rate: float, seconds: float, pod_seconds:
             raise
     created = 0
     started = time.monotonic()
+    inflight = asyncio.Semaphore(16)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def create(body: dict[str, Any]) -> None:
+        async with inflight:
+            try:
+                await client.create("/api/v1/namespaces/bench/pods", body)
+            except (ApiError, TimeoutError) as exc:
+                console.print(f"[yellow]pod create failed: {exc}")
+
     while time.monotonic() < stop_at and rate > 0:
         due = int((time.monotonic() - started) * rate) - created
-        for _ in range(max(0, due)):
+        for _ in range(max(0, min(due, 16 - len([t for t in tasks if not t.done()])))):
             body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"train-{created}"},
                     "spec": {"restartPolicy": "Never", "containers": [{
                         "name": "train", "image": "busybox", "command": ["sleep", str(pod_seconds)],
                         "resources": {"limits": {"nvidia.com/gpu": "8"}, "requests": {"cpu": "8", "memory": "64Gi"}}}],
                              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}
-            try:
-                await client.create("/api/v1/namespaces/bench/pods", body)
-            except ApiError as exc:
-                console.print(f"[yellow]pod create failed: {exc}")
+            tasks.append(asyncio.create_task(create(body)))
             created += 1
         await asyncio.sleep(0.1)
+    await asyncio.gather(*tasks)
     return created
 
 
@@ -273,7 +286,7 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(1)
                 if cluster.nodes is not None and cluster.nodes.poll() is not None:
                     raise RuntimeError("nodes process exited:\n" + (work / "up.log").read_text()[-3000:])
-                summary = cluster.admin_summary()
+                summary = (await asyncio.to_thread(cluster.admin_summary))
                 sampler.sample()
                 if summary:
                     registered = summary["registered"]
@@ -288,7 +301,7 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
         before = await scrape(client)
         sampler.mark()
         window = args.minutes * 60
-        first = cluster.admin_summary() or {}
+        first = (await asyncio.to_thread(cluster.admin_summary)) or {}
         window_start = time.monotonic()
         load = asyncio.create_task(workload(client, args.pod_rate, window, args.pod_seconds,
                                             window_start + window * 0.8))
@@ -299,7 +312,7 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
             while (now := time.monotonic()) < window_start + window:
                 await asyncio.sleep(5)
                 sampler.sample()
-                summary = cluster.admin_summary() or last
+                summary = (await asyncio.to_thread(cluster.admin_summary)) or last
                 now = time.monotonic()
                 rate = (summary.get("leaseRenewals", 0) - last.get("leaseRenewals", 0)) / max(now - last_t, 1e-9)
                 progress.update(task, completed=now - window_start,
@@ -307,7 +320,7 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
                                      f"queue {summary.get('queued', 0)}, running {summary.get('podsRunning', 0)}")
                 last, last_t = summary, now
         created = await load
-        final = cluster.admin_summary() or last
+        final = (await asyncio.to_thread(cluster.admin_summary)) or last
         elapsed = time.monotonic() - window_start
         after = await scrape(client)
         sampler.sample()
@@ -336,9 +349,9 @@ async def launch_run(args: argparse.Namespace, prefix_delegation: bool) -> dict[
         cluster.start_nodes("--node-type", f"m5.4xlarge={args.launch_nodes}", "--prefix-delegation",
                             "true" if prefix_delegation else "false", "--ec2-latency", str(args.ec2_latency),
                             "--ec2-qps", str(args.ec2_qps), "--ec2-burst", str(args.ec2_burst))
-        while ((cluster.admin_summary() or {}).get("registered") or 0) < args.launch_nodes:
+        while (((await asyncio.to_thread(cluster.admin_summary)) or {}).get("registered") or 0) < args.launch_nodes:
             await asyncio.sleep(0.5)
-        before_calls = (cluster.admin_summary() or {})["ec2Calls"]
+        before_calls = ((await asyncio.to_thread(cluster.admin_summary)) or {})["ec2Calls"]
         await client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                    "metadata": {"name": "launch"}})
         started = time.monotonic()
@@ -356,13 +369,16 @@ async def launch_run(args: argparse.Namespace, prefix_delegation: bool) -> dict[
                       BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("pods", total=args.launch_pods)
             running = 0
+            deadline = time.monotonic() + 600
             while running < args.launch_pods:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {running} of {args.launch_pods} pods Running after 600 s")
                 await asyncio.sleep(0.5)
                 listed = await client.list("/api/v1/namespaces/launch/pods")
                 running = sum(1 for p in listed["items"] if (p.get("status") or {}).get("phase") == "Running")
                 progress.update(task, completed=running)
         took = time.monotonic() - started
-        calls = (cluster.admin_summary() or {})["ec2Calls"] - before_calls
+        calls = ((await asyncio.to_thread(cluster.admin_summary)) or {})["ec2Calls"] - before_calls
         await client.close()
         return {"seconds": took, "pods_per_s": args.launch_pods / took, "ec2_calls": calls}
     finally:

@@ -13,7 +13,7 @@ from tests.apiserver.conftest import Cluster, start_cluster
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = start_cluster("inprocess", "--no-scheduler")
+    c = start_cluster("inprocess", "--no-scheduler", "--no-controllers")
     yield c
     c.stop()
     shutil.rmtree(c.work_dir, ignore_errors=True)

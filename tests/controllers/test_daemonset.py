@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from tests.apiserver.conftest import Cluster
-from tests.controllers.workloads import Running, container, eventually, kget
+from tests.controllers.workloads import Running, container, eventually, kget, mark
 from ultraplane.controllers.daemonset import DaemonSetController, target_node
 
 Obj = dict[str, Any]
@@ -86,3 +86,64 @@ def test_one_pod_per_eligible_node(cluster: Cluster) -> None:
         revisions = [r for r in kget(cluster, "controllerrevisions", "-n", ns)["items"]
                      if r["metadata"]["ownerReferences"][0]["name"] == "agent"]
         assert sorted(r["revision"] for r in revisions) == [1, 2]
+
+        # kubectl rollout undo (client-side: it applies revision 1's template patch): revision 1 becomes 3
+        cluster.ok("rollout", "undo", "ds/agent", "-n", ns)
+        cluster.ok("rollout", "status", "ds/agent", "-n", ns, "--timeout=30s")
+        assert kget(cluster, "ds", "agent", "-n", ns)["spec"]["template"]["spec"]["containers"][0]["image"] == \
+            "busybox:1.36"
+        eventually(lambda: sorted(
+            r["revision"] for r in kget(cluster, "controllerrevisions", "-n", ns)["items"]
+            if r["metadata"]["ownerReferences"][0]["name"] == "agent") == [2, 3])
+        assert all(p["spec"]["containers"][0]["image"] == "busybox:1.36"
+                   for p in kget(cluster, "pods", "-n", ns, "-l", "app=agent")["items"])
+
+
+def test_surge_update_keeps_every_node_served(cluster: Cluster) -> None:
+    ns = "ds-surge"
+    cluster.ok("create", "namespace", ns)
+    node(cluster, "surge-n1", labels={"pool": "surge"})
+    node(cluster, "surge-n2", labels={"pool": "surge"})
+    manifest = json.loads(daemonset("edge", nodeSelector={"pool": "surge"}))
+    manifest["spec"]["updateStrategy"] = {"type": "RollingUpdate",
+                                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    cluster.ok("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+    with Running(cluster, [DaemonSetController], kubelet_namespaces=(ns,)) as running:
+        cluster.ok("rollout", "status", "ds/edge", "-n", ns, "--timeout=30s")
+        running.ready_delay = 0.5
+        cluster.ok("set", "image", "ds/edge", "-n", ns, "c=busybox:1.37")
+        seen_both = False
+        for _ in range(200):
+            pods = [p for p in kget(cluster, "pods", "-n", ns, "-l", "app=edge")["items"]
+                    if not p["metadata"].get("deletionTimestamp")]
+            ready_nodes = {target_node(p) for p in pods
+                           if any(c["type"] == "Ready" and c["status"] == "True"
+                                  for c in (p.get("status") or {}).get("conditions") or [])}
+            # maxUnavailable 0: every node keeps a ready pod while its replacement starts beside it
+            assert ready_nodes == {"surge-n1", "surge-n2"}, pods
+            per_node = [target_node(p) for p in pods]
+            seen_both = seen_both or len(per_node) > len(set(per_node))
+            images = {p["spec"]["containers"][0]["image"] for p in pods}
+            if images == {"busybox:1.37"} and len(pods) == 2:
+                break
+        else:
+            raise AssertionError("the surge update never finished")
+        assert seen_both  # an old and a new pod side by side on one node at some point
+
+
+def test_failed_daemon_pod_is_replaced(cluster: Cluster) -> None:
+    ns = "ds-failed"
+    cluster.ok("create", "namespace", ns)
+    node(cluster, "fail-n1", labels={"pool": "fail"})
+    cluster.ok("apply", "-n", ns, "-f", "-", input=daemonset("probe", nodeSelector={"pool": "fail"}))
+    with Running(cluster, [DaemonSetController], kubelet_namespaces=(ns,)) as running:
+        assert running.client is not None
+        [first] = eventually(lambda: kget(cluster, "pods", "-n", ns, "-l", "app=probe")["items"])
+        running.call(mark(running.client, ns, first["metadata"]["name"], "Failed", exit_code=1))
+        replacement = eventually(lambda: [p for p in kget(cluster, "pods", "-n", ns, "-l", "app=probe")["items"]
+                                          if p["metadata"]["uid"] != first["metadata"]["uid"]])
+        assert target_node(replacement[0]) == "fail-n1"
+        events = kget(cluster, "events", "-n", ns, "--field-selector", "involvedObject.name=probe")["items"]
+        assert any(e["reason"] == "FailedDaemonPod" and e["message"] ==
+                   f"Found failed daemon pod {ns}/{first['metadata']['name']} on node fail-n1, will try to kill it"
+                   for e in events)

@@ -167,3 +167,25 @@ def test_pod_failure_policy(cluster: Cluster) -> None:
             assert kget(cluster, "job", "strict", "-n", ns)["status"]["failed"] == 1
     finally:
         JobController.pod_failure_backoff = 10.0
+
+
+def test_success_policy(cluster: Cluster) -> None:
+    ns = "job-success"
+    cluster.ok("create", "namespace", ns)
+    policy = {"rules": [{"succeededIndexes": "0", "succeededCount": 1}]}
+    cluster.ok("apply", "-n", ns, "-f", "-", input=job("leader", completions=3, parallelism=3,
+                                                        completionMode="Indexed", successPolicy=policy))
+    with Running(cluster, [JobController]) as running:
+        assert running.client is not None
+        eventually(lambda: len(pods(cluster, ns, "leader")) == 3)
+        leader = next(p for p in pods(cluster, ns, "leader")
+                      if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
+        running.call(mark(running.client, ns, leader["metadata"]["name"], "Succeeded", exit_code=0))
+        # index 0 alone satisfies the policy: the job completes and the other pods are removed
+        cluster.ok("wait", "--for=condition=complete", "job/leader", "-n", ns, "--timeout=30s")
+        conds = conditions(cluster, ns, "leader")
+        for kind in ("SuccessCriteriaMet", "Complete"):
+            assert (conds[kind]["reason"], conds[kind]["message"]) == ("SuccessPolicy", "Matched rules at index 0")
+        status = kget(cluster, "job", "leader", "-n", ns)["status"]
+        assert status["completedIndexes"] == "0" and status["succeeded"] == 1
+        assert [p["metadata"]["name"] for p in pods(cluster, ns, "leader")] == [leader["metadata"]["name"]]

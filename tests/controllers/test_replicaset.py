@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config
 
 from tests.apiserver.conftest import Cluster
-from tests.controllers.workloads import Running, apply, container, eventually, kget
+from tests.controllers.workloads import Running, apply, container, eventually, kget, mark
 from ultraplane.controllers.replicaset import (
     ReplicaSetController,
     ReplicationControllerController,
@@ -35,7 +36,7 @@ def test_scale_up_down_adopt_orphan(cluster: Cluster) -> None:
     # an orphan that matches the selector exists before the ReplicaSet: it is adopted, not duplicated
     cluster.ok("run", "orphan", "-n", ns, "--image=busybox", "--labels=app=web")
     apply(cluster, replicaset("web", 3, {"app": "web"}), ns)
-    with Running(cluster, [ReplicaSetController], kubelet_namespaces=(ns,)):
+    with Running(cluster, [ReplicaSetController], kubelet_namespaces=(ns,)) as running:
         eventually(lambda: kget(cluster, "rs", "web", "-n", ns)["status"].get("readyReplicas") == 3)
         pods = pods_of(cluster, ns, "app=web")
         assert len(pods) == 3
@@ -72,6 +73,13 @@ def test_scale_up_down_adopt_orphan(cluster: Cluster) -> None:
         assert all(m.startswith("Created pod: web-") for m in created)
         assert "SuccessfulDelete" in cluster.ok("describe", "rs", "web", "-n", ns)
 
+        # the last pod stops being ready: the counts drop to zero (and vanish, as omitempty fields do)
+        [last] = pods_of(cluster, ns, "app=web")
+        running.call(mark(running.client, ns, last["metadata"]["name"], "Running", ready=False))
+        status = eventually(lambda: (s := kget(cluster, "rs", "web", "-n", ns)["status"]).get("readyReplicas", 0) == 0
+                            and s)
+        assert status["replicas"] == 1 and "availableReplicas" not in status
+
 
 def test_replication_controller_with_python_client(cluster: Cluster) -> None:
     ns = "rc-basic"
@@ -106,11 +114,19 @@ def test_failed_creations_set_replica_failure(cluster: Cluster) -> None:
         cond = eventually(failure)
         assert cond["status"] == "True" and cond["reason"] == "FailedCreate"
         assert "Invalid value" in cond["message"] or "Required value" in cond["message"]
-        events = kget(cluster, "events", "-n", ns)["items"]
-        assert any(e["reason"] == "FailedCreate" and e["type"] == "Warning" and
-                   e["message"].startswith("Error creating: ") for e in events)
-        # slow start: the first failing batch of one stops the sync, so there is no burst of failures
-        assert len([e for e in events if e["reason"] == "FailedCreate"]) < 10
+        # each retry's message names another generated pod; from the tenth distinct one on they are
+        # combined into one Event whose count goes up (client-go's event aggregator)
+        def combined() -> Obj | None:
+            events = [e for e in kget(cluster, "events", "-n", ns)["items"] if e["reason"] == "FailedCreate"]
+            found = [e for e in events if e["message"].startswith("(combined from similar events): ")]
+            return found[0] if found and found[0]["count"] >= 2 else None
+        event = eventually(combined, timeout=45)
+        assert event["type"] == "Warning" and "Error creating: " in event["message"]
+        assert event["lastTimestamp"] >= event["firstTimestamp"]
+        singles = [e for e in kget(cluster, "events", "-n", ns)["items"]
+                   if e["reason"] == "FailedCreate" and not e["message"].startswith("(combined")]
+        assert len(singles) == 9 and all(e["message"].startswith("Error creating: ") for e in singles)
+        assert "FailedCreate" in cluster.ok("describe", "rs", "broken", "-n", ns)
 
 
 def test_deletion_order_prefers_cheap_pods() -> None:
@@ -124,5 +140,12 @@ def test_deletion_order_prefers_cheap_pods() -> None:
             pod("notready", "n1"),
             pod("pending", "n1", phase="Pending"),
             pod("unscheduled", phase="Pending")]
-    order = [p["metadata"]["name"] for p in deletion_order(pods, {})]
+    now = dt.datetime(2026, 1, 2, 0, 0, 10, tzinfo=dt.UTC)
+    order = [p["metadata"]["name"] for p in deletion_order(pods, {}, now)]
     assert order == ["unscheduled", "pending", "notready", "ready-new", "ready-old"]
+    # more related pods on its node goes first among equals; ages in one log2 bucket compare by UID
+    twins = [pod("a", "n1", ready=True, created="2026-01-02T00:00:00Z"),
+             pod("b", "n2", ready=True, created="2026-01-02T00:00:01Z")]
+    twins[0]["metadata"]["uid"], twins[1]["metadata"]["uid"] = "2", "1"
+    assert [p["metadata"]["name"] for p in deletion_order(twins, {"n/a": 2, "n/b": 1}, now)] == ["a", "b"]
+    assert [p["metadata"]["name"] for p in deletion_order(twins, {}, now)] == ["b", "a"]  # uid "1" < "2"

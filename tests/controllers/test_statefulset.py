@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config, watch
 
 from tests.apiserver.conftest import Cluster
 from tests.controllers.workloads import Running, container, eventually, kget, mark
@@ -12,10 +16,13 @@ from ultraplane.controllers.statefulset import StatefulSetController
 Obj = dict[str, Any]
 
 
-def statefulset(name: str, replicas: int, policy: str = "OrderedReady", claims: bool = False) -> str:
+def statefulset(name: str, replicas: int, policy: str = "OrderedReady", claims: bool = False,
+                retention: Obj | None = None) -> str:
     spec: Obj = {"replicas": replicas, "serviceName": name, "podManagementPolicy": policy,
                  "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container()]}}}
+    if retention:
+        spec["persistentVolumeClaimRetentionPolicy"] = retention
     if claims:
         spec["volumeClaimTemplates"] = [{"metadata": {"name": "data"}, "spec": {
             "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]
@@ -82,14 +89,42 @@ def test_ordered_creation_scale_down_and_partitioned_update(cluster: Cluster) ->
         assert "partitioned roll out complete" in cluster.ok("rollout", "status", "sts/web", "-n", ns) or \
             "roll out complete" in cluster.ok("rollout", "status", "sts/web", "-n", ns)
 
-        # scale down removes the highest ordinals, one at a time
+        # kubectl rollout undo applies revision 1's template patch: revision 1 is renumbered 3
+        cluster.ok("rollout", "undo", "sts/web", "-n", ns)
+
+        def rolled_back() -> bool:
+            pods = live_pods(cluster, ns, "web")
+            s = kget(cluster, "sts", "web", "-n", ns)["status"]
+            return len(pods) == 3 and all(p["spec"]["containers"][0]["image"] == "busybox:1.36"
+                                          for p in pods.values()) and s.get("updatedReplicas") == 3 and \
+                s.get("readyReplicas") == 3 and s.get("currentRevision") == s.get("updateRevision") == old_revision
+        eventually(rolled_back)
+        assert sorted(r["revision"] for r in kget(cluster, "controllerrevisions", "-n", ns)["items"]) == [2, 3]
+
+        # scale down removes the highest ordinals, one at a time (the order the deletions are watched in)
+        deleted: list[str] = []
+        stream = watch.Watch()
+        core = k8s.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+        version = core.list_namespaced_pod(ns).metadata.resource_version
+
+        def follow() -> None:
+            try:
+                for event in stream.stream(core.list_namespaced_pod, ns, resource_version=version,
+                                           timeout_seconds=60):
+                    if event["type"] == "DELETED":
+                        deleted.append(event["object"].metadata.name)
+            except Exception:  # noqa: BLE001 - stop() closes the stream under the reader
+                pass
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
         cluster.ok("scale", "sts/web", "-n", ns, "--replicas=1")
         eventually(lambda: sorted(live_pods(cluster, ns, "web")) == ["web-0"])
+        eventually(lambda: len(deleted) >= 2)
+        stream.stop()
+        assert deleted == ["web-2", "web-1"]
         events = kget(cluster, "events", "-n", ns, "--field-selector", "involvedObject.name=web")["items"]
-        deletes = [e["message"] for e in sorted(events, key=lambda e: e["metadata"]["name"])
-                   if e["reason"] == "SuccessfulDelete"]
-        assert deletes[-2:] == ["delete Pod web-2 in StatefulSet web successful",
-                                "delete Pod web-1 in StatefulSet web successful"]
+        assert {"delete Pod web-2 in StatefulSet web successful", "delete Pod web-1 in StatefulSet web successful"} \
+            <= {e["message"] for e in events if e["reason"] == "SuccessfulDelete"}
         assert any(e["message"] == "create Claim data-web-0 Pod web-0 in StatefulSet web success" for e in events)
         assert len(kget(cluster, "pvc", "-n", ns)["items"]) == 3  # claims outlive their pods
 
@@ -102,3 +137,22 @@ def test_parallel_creates_all_at_once(cluster: Cluster) -> None:
         eventually(lambda: sorted(live_pods(cluster, ns, "db")) == ["db-0", "db-1", "db-2"])
         status = eventually(lambda: (s := kget(cluster, "sts", "db", "-n", ns)["status"]).get("replicas") == 3 and s)
         assert status.get("readyReplicas", 0) == 0
+
+
+def test_claim_retention_policy(cluster: Cluster) -> None:
+    ns = "sts-retention"
+    cluster.ok("create", "namespace", ns)
+    cluster.ok("apply", "-n", ns, "-f", "-", input=statefulset(
+        "cache", 2, policy="Parallel", claims=True, retention={"whenDeleted": "Delete", "whenScaled": "Delete"}))
+    with Running(cluster, [StatefulSetController], kubelet_namespaces=(ns,)):
+        eventually(lambda: len(kget(cluster, "pvc", "-n", ns)["items"]) == 2)
+        sts = kget(cluster, "sts", "cache", "-n", ns)
+        for claim in kget(cluster, "pvc", "-n", ns)["items"]:
+            assert claim["metadata"]["ownerReferences"] == [
+                {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cache", "uid": sts["metadata"]["uid"]}]
+        pod1 = live_pods(cluster, ns, "cache")["cache-1"]
+        eventually(lambda: kget(cluster, "sts", "cache", "-n", ns)["status"].get("readyReplicas") == 2)
+        cluster.ok("scale", "sts/cache", "-n", ns, "--replicas=1")
+        eventually(lambda: sorted(live_pods(cluster, ns, "cache")) == ["cache-0"])
+        refs = kget(cluster, "pvc", "data-cache-1", "-n", ns)["metadata"]["ownerReferences"]
+        assert {"apiVersion": "v1", "kind": "Pod", "name": "cache-1", "uid": pod1["metadata"]["uid"]} in refs

@@ -18,6 +18,7 @@ from ultraplane.controllers.base import Controller, InformerFactory
 
 Obj = dict[str, Any]
 WAIT_S = 30.0
+LIFECYCLE_S = 90.0  # starting (informers listed) or stopping the controllers' thread, on a loaded machine
 
 
 class Running:
@@ -42,15 +43,26 @@ class Running:
         self.thread.start()
         started: Future[None] = Future()
         self.main = asyncio.run_coroutine_threadsafe(self._main(started), self.loop)
-        started.result(WAIT_S)
+        started.result(LIFECYCLE_S)
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self.stop_event is not None and self.main is not None
         self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.main.result(WAIT_S)
+        try:
+            self.main.result(LIFECYCLE_S)
+        except TimeoutError:
+            for task in asyncio.all_tasks(self.loop):  # say where it hangs: the whole await chain
+                frames, awaited = [], task.get_coro()
+                while awaited is not None:
+                    frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+                    if frame is not None:
+                        frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+                    awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+                print(f"HANG {task.get_name()} {task._state}: " + " -> ".join(frames), flush=True)  # noqa: SLF001
+            raise
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT_S)
+        self.thread.join(LIFECYCLE_S)
         self.loop.close()
 
     def call(self, coro: Any) -> Any:

@@ -140,7 +140,12 @@ def storage_error_text(exc: Exception) -> str | None:
         return str(exc.message)
     details = getattr(exc, "details", None)
     if type(exc).__name__ == "AioRpcError" and callable(details):
-        return str(details())
+        text = str(details())
+        if text.startswith("etcdserver: "):  # clientv3 turns etcd's own errors into their text
+            return text
+        # any other gRPC failure reaches kube as the status error's text, e.g. a message over the receive limit
+        code = "".join(part.title() for part in exc.code().name.split("_"))  # type: ignore[attr-defined]
+        return f"rpc error: code = {code} desc = {text}"
     return None
 
 
@@ -492,7 +497,7 @@ class ApiServer:
                 result = await result  # e.g. TokenReview looks objects up
             return json_response(201, result)
         if verb == "create":
-            body = self.decode_body(request, s.kind)
+            body = self.decode_body(request, s.kind, wo)
             if sub == "binding":
                 return await self.bind(s, ns, info.name, body, wo)
             if info.name and not sub:
@@ -500,7 +505,7 @@ class ApiServer:
             obj = await reg.create(s, ns, body, wo)
             return with_warnings(json_response(201, obj), wo)
         if verb == "update":
-            body = self.decode_body(request, s.kind)
+            body = self.decode_body(request, s.kind, wo)
             if sub == "scale":
                 return json_response(200, await self.update_scale(s, ns, info.name, lambda _scale: body, wo))
             obj, created = await reg.update(s, ns, info.name, body, wo, subresource=sub)
@@ -511,7 +516,7 @@ class ApiServer:
             if sub == "scale":
                 return json_response(200, await self.patch_scale(s, ns, info.name, ctype, request.body, wo))
             obj, created = await reg.patch(s, ns, info.name, ctype, request.body, wo, subresource=sub, force=force)
-            return json_response(201 if created else 200, obj)
+            return with_warnings(json_response(201 if created else 200, obj), wo)
         if verb == "delete":
             options = self.delete_options(request)
             body, code = await reg.delete(s, ns, info.name, options, wo)
@@ -522,7 +527,8 @@ class ApiServer:
         raise errors.method_not_allowed("the server does not allow this method on the requested resource")
 
     @staticmethod
-    def decode_body(request: Request, kind: str = "Object") -> Obj:
+    def decode_body(request: Request, kind: str = "Object", wo: WriteOptions | None = None) -> Obj:
+        """The request body as an object; with ``wo`` (fieldValidation not Ignore) also its duplicate fields."""
         body = request.body
         ctype = request.headers.get("content-type", "application/json").split(";", 1)[0].strip()
         if ctype == "application/vnd.kubernetes.protobuf":
@@ -535,7 +541,10 @@ class ApiServer:
         if ctype not in ("application/json", "application/yaml", "application/apply-patch+yaml", ""):
             raise ApiError(errors.status(415, "UnsupportedMediaType",
                                          'the body of the request was in an unknown format - accepted media types '
-                                         'include: application/json, application/yaml'))
+                                         'include: application/json, application/yaml, '
+                                         'application/vnd.kubernetes.protobuf'))
+        from ultraplane.apiserver.strictdecode import go_json_error, summarize
+
         try:
             if ctype in ("application/yaml", "application/apply-patch+yaml"):
                 import yaml
@@ -543,11 +552,23 @@ class ApiServer:
                 obj = yaml.safe_load(body)
             else:
                 obj = orjson.loads(body)
-        except Exception as exc:
+        except orjson.JSONDecodeError as exc:
+            # kube's transformDecodeError, with encoding/json's text and the start of the body
             raise errors.bad_request(f"the object provided is unrecognized (must be of type {kind}): couldn't get "
-                                     f"version/kind; json parse error: {exc}") from exc
+                                     f"version/kind; json parse error: {go_json_error(body)} "
+                                     f"({summarize(body)})") from exc
+        except Exception as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise errors.bad_request(f"the object provided is unrecognized (must be of type {kind}): error "
+                                     f"converting YAML to JSON: yaml: {where}{problem} ({summarize(body)})") from exc
         if not isinstance(obj, dict):
             raise errors.bad_request(f"the object provided is unrecognized (must be of type {kind})")
+        if wo is not None and wo.field_validation != "Ignore" and ctype in ("application/json", ""):
+            from ultraplane.apiserver.strictdecode import duplicate_fields
+
+            wo.strict_errors = duplicate_fields(body, obj)
         return obj
 
     @staticmethod

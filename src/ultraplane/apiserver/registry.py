@@ -539,6 +539,28 @@ def unknown_fields(value: Any, schema: dict[str, Any] | None, path: str = "") ->
     return out
 
 
+def typed_path(obj: Obj, path: str) -> str:
+    """structured-merge-diff's spelling of a field path: ``.spec.containers[name="c"].foo`` (list items by
+    their name key where they have one, else by index)."""
+    import re
+
+    out = []
+    node: Any = obj
+    for m in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", path):
+        key, index = m.group(1), m.group(2)
+        if index is None:
+            out.append(f".{key}")
+            node = node.get(key) if isinstance(node, dict) else None
+            continue
+        item = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            out.append(f'[name="{item["name"]}"]')
+        else:
+            out.append(f"[{index}]")
+        node = item
+    return "".join(out)
+
+
 @dataclass
 class WriteOptions:
     dry_run: bool = False
@@ -546,6 +568,13 @@ class WriteOptions:
     user_agent: str = ""
     field_validation: str = "Warn"
     warnings: list[str] = field(default_factory=list)
+    # strict decoding errors found while decoding the body (duplicate fields), reported per fieldValidation
+    strict_errors: list[str] = field(default_factory=list)
+
+    def warn(self, texts: list[str]) -> None:
+        for text in texts:  # a retried update must not repeat its warnings
+            if text not in self.warnings:
+                self.warnings.append(text)
 
     @classmethod
     def from_query(cls, q: dict[str, str], user_agent: str = "") -> WriteOptions:
@@ -573,10 +602,19 @@ class Registry:
         self.overrides = overrides or {}  # "group/resource" -> backend (etcd-servers-overrides)
         self.caches: dict[int, WatchCache] = {}
         self.strategies: dict[tuple[str, str, str], Strategy] = {}  # (group, version, plural)
-        # async mutating admission per resource plural, run before defaults on create (e.g. ClusterIPs)
+        # async mutating admission per resource plural, run before defaults on create (e.g. ClusterIPs); it
+        # may return an undo (releasing what it allocated) that runs when the create then fails or is a dry run
         self.admission: dict[str, Callable[[Obj], Any]] = {}
+        # per resource plural, run on updates after prepare_update (new, current): returns None or an object with
+        # async undo() (the write failed or changed nothing) and finish() (it was stored), e.g. NodePorts
+        self.update_admission: dict[str, Callable[[Obj, Obj], Awaitable[Any]]] = {}
+        # per resource plural, run after an object is deleted from the store (e.g. releasing its ClusterIP)
+        self.on_deleted: dict[str, Callable[[Obj], Awaitable[None]]] = {}
         self._ns_tasks: set[asyncio.Task[None]] = set()
         self.encryption: EncryptionConfig | None = None  # encryption at rest (--encryption-provider-config)
+        # Empty Terminating namespaces in-process (what kube leaves to the controller manager's namespace
+        # controller); `up` turns it off when it runs `ultraplane controllers`, whose controller does it.
+        self.namespace_cleanup = True
 
     def decode(self, s: Strategy, raw: bytes, revision: int, key: bytes = b"") -> Obj:
         if self.encryption is not None and raw.startswith(b"k8s:enc:"):
@@ -780,20 +818,30 @@ class Registry:
             raise errors.invalid(s.kind, s.group, obj["metadata"].get("name", ""), causes)
 
     def check_fields(self, s: Strategy, obj: Obj, wo: WriteOptions) -> None:
-        """fieldValidation: Strict refuses undeclared fields (400), Warn reports them, Ignore drops them silently."""
-        if wo.field_validation == "Ignore":
+        """fieldValidation on create/update: Strict refuses undeclared and duplicate fields (400), Warn reports
+        them, Ignore is silent. Undeclared fields are dropped in every mode (kube decodes into typed objects)."""
+        texts = self.strict_errors(s, obj, wo.strict_errors)
+        if not texts or wo.field_validation == "Ignore":
             return
-        schema = self.schema_for(s)
-        if schema is None:
-            return
-        unknown = s.find_unknown(obj) if s.find_unknown is not None else unknown_fields(obj, schema)
-        if not unknown:
-            return
-        texts = [f'unknown field "{u}"' for u in unknown]
         if wo.field_validation == "Strict":
             raise errors.bad_request(f'{s.kind} in version "{s.version}" cannot be handled as a {s.kind}: '
                                      f'strict decoding error: {", ".join(texts)}')
-        wo.warnings.extend(texts)
+        wo.warn(texts)
+
+    def undeclared_fields(self, s: Strategy, obj: Obj) -> list[str]:
+        schema = self.schema_for(s)
+        if schema is None:
+            return []
+        return s.find_unknown(obj) if s.find_unknown is not None else unknown_fields(obj, schema)
+
+    def strict_errors(self, s: Strategy, obj: Obj, found: list[str]) -> list[str]:
+        """``found`` (decoding errors) plus ``unknown field "<path>"`` for each undeclared field, now removed."""
+        from ultraplane.apiserver.strictdecode import drop_field
+
+        unknown = self.undeclared_fields(s, obj)
+        for path in unknown:
+            drop_field(obj, path)
+        return [*found, *(f'unknown field "{u}"' for u in unknown)]
 
     async def create(self, s: Strategy, namespace: str, obj: Obj, wo: WriteOptions, *,
                      operation: str = "Update", applied: Obj | None = None) -> Obj:
@@ -821,19 +869,25 @@ class Registry:
             meta.pop("generation", None)
         s.prepare_create(obj)
         admit = self.admission.get(s.plural)
-        if admit is not None:
-            await admit(obj)
-        s.defaults(obj)
-        self.validate(s, obj, None)
-        meta.pop("managedFields", None)
-        record_manager(obj, wo.manager(), operation, s.api_version, applied=applied)
-        if wo.dry_run:
-            return obj
+        undo = await admit(obj) if admit is not None else None
         try:
-            key = s.key(namespace, meta["name"])
-            revision = await self.backend_for(s).create(key, self.encode(s, obj, key))
-        except KeyExists as exc:
-            raise errors.already_exists(s.group, s.plural, meta["name"]) from exc
+            s.defaults(obj)
+            self.validate(s, obj, None)
+            meta.pop("managedFields", None)
+            record_manager(obj, wo.manager(), operation, s.api_version, applied=applied)
+            if wo.dry_run:
+                if undo is not None:
+                    await undo()
+                return obj
+            try:
+                key = s.key(namespace, meta["name"])
+                revision = await self.backend_for(s).create(key, self.encode(s, obj, key))
+            except KeyExists as exc:
+                raise errors.already_exists(s.group, s.plural, meta["name"]) from exc
+        except BaseException:
+            if undo is not None and not wo.dry_run:
+                await undo()
+            raise
         meta["resourceVersion"] = str(revision)
         return obj
 
@@ -877,26 +931,52 @@ class Registry:
             if rv and rv != str(mod_rev):
                 raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
             new = self.prepare_update(s, new, current, subresource)
-            self.validate(s, new, current)
-            record_manager(new, wo.manager(), operation, s.api_version, subresource, applied)
-            if self.unchanged(new, current):
-                return current
-            if wo.dry_run:
-                return new
+            hook = self.update_admission.get(s.plural) if not subresource else None
+            change = await hook(new, current) if hook is not None else None
             try:
-                revision = await backend.update(key, self.encode(s, new, key), mod_rev)
-            except RevisionConflict as exc:
-                if exc.current is None:
-                    raise errors.not_found(s.group, s.plural, name) from exc
+                outcome = await self.store_update(s, backend, key, new, current, mod_rev, wo, subresource,
+                                                  operation, applied)
+            except BaseException:
+                if change is not None:
+                    await change.undo()
+                raise
+            if change is not None:  # keep the new allocations and free the old ones only once stored
+                await (change.finish() if outcome is not None and outcome[1] else change.undo())
+            if outcome is None:
                 # Someone wrote in between: mutate the fresh object again (kube's GuaranteedUpdate). A
                 # caller-supplied resourceVersion no longer matches then, and the check above refuses it.
                 continue
-            new["metadata"]["resourceVersion"] = str(revision)
-            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-                # the last finalizer is gone: the object goes away now
-                await self.remove(s, namespace, name, revision)
+            new, written = outcome
+            if not written:
+                return new
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers") and not (
+                    s.plural == "namespaces" and (new.get("spec") or {}).get("finalizers")):
+                # the last finalizer is gone (for a namespace also spec.finalizers): the object goes away now
+                await self.remove(s, namespace, name, int(new["metadata"]["resourceVersion"]))
+                deleted_hook = self.on_deleted.get(s.plural)
+                if deleted_hook is not None:
+                    await deleted_hook(new)
             return new
         raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
+
+    async def store_update(self, s: Strategy, backend: Backend, key: bytes, new: Obj, current: Obj, mod_rev: int,
+                           wo: WriteOptions, subresource: str, operation: str,
+                           applied: Obj | None) -> tuple[Obj, bool] | None:
+        """Validate and write one attempt: (object, written), or None when another write won the race."""
+        self.validate(s, new, current)
+        record_manager(new, wo.manager(), operation, s.api_version, subresource, applied)
+        if self.unchanged(new, current):
+            return current, False
+        if wo.dry_run:
+            return new, False
+        try:
+            revision = await backend.update(key, self.encode(s, new, key), mod_rev)
+        except RevisionConflict as exc:
+            if exc.current is None:
+                raise errors.not_found(s.group, s.plural, new["metadata"]["name"]) from exc
+            return None
+        new["metadata"]["resourceVersion"] = str(revision)
+        return new, True
 
     @staticmethod
     def unchanged(new: Obj, current: Obj) -> bool:
@@ -953,10 +1033,26 @@ class Registry:
         ctype = content_type.split(";", 1)[0].strip()
         if ctype == "application/apply-patch+yaml":
             return await self.apply(s, namespace, name, body, wo, subresource=subresource, force=force)
+        supported = ["application/json-patch+json", "application/merge-patch+json"]
+        if not s.custom:
+            supported.append("application/strategic-merge-patch+json")
+        if ctype not in supported:  # kube checks the patch type before reading the body
+            raise errors.ApiError(errors.status(
+                415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media "
+                f"types include: {', '.join([*supported, 'application/apply-patch+yaml'])}"))
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise errors.bad_request(f"error decoding patch: {exc}") from exc
+            from ultraplane.apiserver.strictdecode import go_json_error
+
+            # a strategic patch's decode error comes without the prefix in kube
+            prefix = "" if ctype == "application/strategic-merge-patch+json" else "error decoding patch: "
+            raise errors.bad_request(prefix + go_json_error(body)) from exc
+        from ultraplane.apiserver.strictdecode import duplicate_fields
+
+        # kube strictly decodes merge and strategic patches themselves (duplicate keys), then the patched object
+        found = duplicate_fields(body, document) if wo.field_validation != "Ignore" and isinstance(document, dict) \
+            else []
         if ctype == "application/json-patch+json":
             if not isinstance(document, list):
                 raise errors.bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
@@ -982,7 +1078,7 @@ class Registry:
 
         def mutate(current: Obj) -> Obj:
             try:
-                return apply_patch(current)
+                patched = apply_patch(current)
             except patchlib.PatchError as exc:
                 if ctype == "application/json-patch+json":
                     # kube: NewGenericServerResponse(422, ...) with the patch error as its one cause
@@ -990,9 +1086,33 @@ class Registry:
                         422, "Invalid", "the server rejected our request due to an error in our request",
                         {"causes": [{"reason": "UnexpectedServerResponse", "message": str(exc)}]})) from exc
                 raise errors.bad_request(str(exc)) from exc
+            if isinstance(patched, dict):
+                self.check_patched_fields(s, patched, found, wo, ctype, document)
+            return patched
 
         return await self.guaranteed_update(s, namespace, name, mutate, wo, subresource=subresource,
                                             precondition_rv=rv, operation="Update"), False
+
+    def check_patched_fields(self, s: Strategy, patched: Obj, found: list[str], wo: WriteOptions, ctype: str,
+                             document: Any) -> None:
+        """fieldValidation on a JSON / merge / strategic patch: Strict is kube's 422 with the patch as the
+        invalid value (the patched object as JSON, or Go's rendering of a strategic patch), Warn warns."""
+        texts = self.strict_errors(s, patched, found)
+        if not texts or wo.field_validation == "Ignore":
+            return
+        if wo.field_validation == "Warn":
+            wo.warn(texts)
+            return
+        from ultraplane.apiserver.strictdecode import go_format
+        from ultraplane.apiserver.validation import go_quote
+
+        if ctype == "application/strategic-merge-patch+json":
+            shown = go_format(document)
+        else:
+            shown = orjson.dumps(patched, option=orjson.OPT_SORT_KEYS).decode()
+        raise errors.invalid("", "", "", [{"reason": "FieldValueInvalid", "field": "patch",
+                                           "message": f"Invalid value: {go_quote(shown)}: strict decoding error: "
+                                                      f"{', '.join(texts)}"}])
 
     def schema_for(self, s: Strategy) -> dict | None:
         if s.schema is not None:
@@ -1001,6 +1121,20 @@ class Registry:
         if schemas is None:
             return None
         return schemas.kind_schema(s.group, s.version, s.kind)
+
+    def check_applied_fields(self, s: Strategy, config: Obj) -> None:
+        """Apply converts the configuration to a typed value whatever fieldValidation says; an undeclared
+        field fails that conversion, which kube 1.32 answers with a plain 500 (kubernetes#122480)."""
+        unknown = self.undeclared_fields(s, config)
+        if not unknown:
+            return
+        texts = [f"{typed_path(config, u)}: field not declared in schema" for u in unknown]
+        why = texts[0] if len(texts) == 1 else "errors:\n" + "".join(f"  {t}\n" for t in texts)
+        meta = config.get("metadata") or {}
+        gvk = f"{s.group}/{s.version}, Kind={s.kind}"
+        raise errors.ApiError({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                               "message": f"failed to create typed patch object ({meta.get('namespace', '')}/"
+                                          f"{meta.get('name', '')}; {gvk}): {why}", "code": 500})
 
     async def apply(self, s: Strategy, namespace: str, name: str, body: bytes, wo: WriteOptions, *,
                     subresource: str = "", force: bool = False) -> tuple[Obj, bool]:
@@ -1019,6 +1153,7 @@ class Registry:
         if not isinstance(config, dict):
             raise errors.bad_request("the body of the request was in an unknown format")
         self.check_type(s, config)
+        self.check_applied_fields(s, config)
         cmeta = config["metadata"]
         if cmeta.get("name") and cmeta["name"] != name:
             raise errors.bad_request(f"the name of the object ({cmeta['name']}) does not match the name on the URL "
@@ -1104,9 +1239,13 @@ class Registry:
             if s.plural == "namespaces" and (current.get("spec") or {}).get("finalizers"):
                 finalizers.append("kubernetes")
             policy = options.get("propagationPolicy")
-            if policy == "Foreground" and "foregroundDeletion" not in finalizers and not meta.get("deletionTimestamp"):
-                meta.setdefault("finalizers", []).append("foregroundDeletion")
-                finalizers.append("foregroundDeletion")
+            if policy is None and options.get("orphanDependents") is not None:
+                policy = "Orphan" if options["orphanDependents"] else "Background"
+            # kube's deletionFinalizersForGarbageCollection: the garbage collector finishes these
+            gc_finalizer = {"Foreground": "foregroundDeletion", "Orphan": "orphan"}.get(policy or "")
+            if gc_finalizer and gc_finalizer not in finalizers and not meta.get("deletionTimestamp"):
+                meta.setdefault("finalizers", []).append(gc_finalizer)
+                finalizers.append(gc_finalizer)
             if finalizers:
                 if meta.get("deletionTimestamp"):
                     return current, 200
@@ -1122,7 +1261,7 @@ class Registry:
                 except RevisionConflict:
                     continue
                 meta["resourceVersion"] = str(revision)
-                if s.plural == "namespaces":
+                if s.plural == "namespaces" and self.namespace_cleanup:
                     self.start_namespace_cleanup(name)
                 return current, 200
             if wo.dry_run:
@@ -1133,6 +1272,9 @@ class Registry:
                 if exc.current is None:
                     raise errors.not_found(s.group, s.plural, name) from exc
                 continue
+            deleted_hook = self.on_deleted.get(s.plural)
+            if deleted_hook is not None:
+                await deleted_hook(current)
             if s.return_deleted_object:
                 return current, 200
             details: dict[str, Any] = {"name": name}

@@ -388,7 +388,8 @@ def node_row(obj: Obj, now: dt.datetime) -> list[Any]:
     status = obj.get("status") or {}
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     ready = conditions.get("Ready")
-    text = "Ready" if ready == "True" else "NotReady" if ready == "False" else "Unknown"
+    # kube's printNode: any Ready status but True (False or Unknown) is NotReady; no Ready condition is Unknown
+    text = "Ready" if ready == "True" else "Unknown" if ready is None else "NotReady"
     if (obj.get("spec") or {}).get("unschedulable"):
         text += ",SchedulingDisabled"
     roles = sorted(k.split("/", 1)[1] for k in (obj["metadata"].get("labels") or {})

@@ -22,11 +22,12 @@ from ultraplane.apiserver import (
     rbac_api,
     rbac_controller,
     satokens,
+    servicealloc,
 )
 from ultraplane.apiserver.app import ApiServer, load_token_file
 from ultraplane.apiserver.encryption import EncryptionConfig
 from ultraplane.apiserver.kubeletlogs import KubeletLogSource
-from ultraplane.apiserver.registry import ListOptions, Obj, Registry, WriteOptions
+from ultraplane.apiserver.registry import ListOptions, Registry, WriteOptions
 from ultraplane.apiserver.resources import (
     ClusterIPAllocator,
     bootstrap_namespace,
@@ -127,6 +128,7 @@ class ApiserverConfig:
     service_account_max_token_expiration: int = 0  # seconds; 0: as requested
     service_account_extend_token_expiration: bool = True
     service_account_jwks_uri: str = ""
+    namespace_cleanup: bool = True  # empty Terminating namespaces in-process (off when a namespace controller runs)
 
 
 class RunningApiserver:
@@ -149,6 +151,7 @@ class RunningApiserver:
 async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: ApiserverPki) -> RunningApiserver:
     registry = Registry(backend, cfg.overrides, compaction_interval=cfg.compaction_interval)
     registry.encryption = cfg.encryption
+    registry.namespace_cleanup = cfg.namespace_cleanup
     authz = rbac.RbacAuthorizer()
     for strategy in [*builtin_strategies(), *flowcontrol.strategies(), policy.pdb_strategy(), crd.crd_strategy(),
                      *rbac_api.strategies(authz)]:
@@ -161,7 +164,7 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
         api_audiences=cfg.api_audiences, extend_expiration=cfg.service_account_extend_token_expiration,
         max_expiration=cfg.service_account_max_token_expiration)
     allocator = ClusterIPAllocator(cfg.service_cidr)
-    install_service_admission(registry, allocator)
+    service_alloc = install_service_admission(registry, cfg.service_cidr)
     await registry.start()
     app = ApiServer(registry, tokens=authenticator.tokens, anonymous=cfg.anonymous,
                     address=f"{cfg.host}:{cfg.port}", authenticator=authenticator)
@@ -185,6 +188,8 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
                   asyncio.ensure_future(satokens.LegacyTokenController(registry, sa_tokens,
                                                                        files.ca_cert.read_bytes()).run())]
     background.append(rbac_task)
+    await service_alloc.repair()  # kube's repair controllers run once before serving, then periodically
+    background.append(asyncio.ensure_future(service_alloc.run_repair()))
     if crds.task is not None:
         background.append(crds.task)
     listener = await serve_http(app.handle, cfg.host, cfg.port, serving_context(files))
@@ -207,30 +212,13 @@ async def start_flowcontrol(registry: Registry, cfg: ApiserverConfig) -> flowcon
     return flow
 
 
-def install_service_admission(registry: Registry, allocator: ClusterIPAllocator) -> None:
-    lock = asyncio.Lock()
-    services = registry.strategies[("", "v1", "services")]
-
-    async def allocate(obj: Obj) -> None:
-        spec = obj.setdefault("spec", {})
-        if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
-            return
-        async with lock:
-            listed = await registry.list(services, "", ListOptions())
-            taken = {ip for item in listed["items"] for ip in (item.get("spec") or {}).get("clusterIPs") or []}
-            wanted = spec.get("clusterIP")
-            if wanted:
-                if wanted in taken:
-                    raise errors.invalid("Service", "", obj["metadata"].get("name", ""), [{
-                        "reason": "FieldValueInvalid", "field": "spec.clusterIPs",
-                        "message": f'Invalid value: []string{{"{wanted}"}}: failed to allocate IP {wanted}: '
-                                   f'provided IP is already allocated'}])
-                return
-            ip = allocator.allocate(taken)
-            spec["clusterIP"] = ip
-            spec["clusterIPs"] = [ip]
-
-    registry.admission["services"] = allocate
+def install_service_admission(registry: Registry, cidr: str) -> servicealloc.ServiceAllocator:
+    """ClusterIPs and NodePorts reserved in the store on create, released on delete (servicealloc.py)."""
+    allocator = servicealloc.ServiceAllocator(registry, cidr)
+    registry.admission["services"] = allocator.allocate
+    registry.update_admission["services"] = allocator.allocate_update
+    registry.on_deleted["services"] = allocator.release
+    return allocator
 
 
 async def bootstrap(registry: Registry, allocator: ClusterIPAllocator, host: str, port: int) -> None:

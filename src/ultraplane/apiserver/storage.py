@@ -128,14 +128,30 @@ def prefix_end(prefix: bytes) -> bytes:
 
 
 # ============================================================================ in-process
+ETCD_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's default --max-request-bytes
+GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd's gRPC receive limit is the request limit plus this
+TXN_OVERHEAD_BYTES = 32  # protobuf framing of a one-compare, one-put txn
 class InProcessBackend:
     """Direct calls into ``ultraplane.store.Store`` (it must be open; its owner closes it)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_request_bytes: int = ETCD_MAX_REQUEST_BYTES) -> None:
         from ultraplane.store import types as t
 
         self.store = store
         self._t = t
+        self.max_request_bytes = max_request_bytes
+
+    def check_size(self, key: bytes, value: bytes) -> None:
+        """etcd's limits, which a remote etcd applies to the same write: past the gRPC receive limit (the
+        request limit + 512 KiB) the transport refuses it, past the request limit etcd does."""
+        from ultraplane.store import errors
+
+        size = 2 * len(key) + len(value) + TXN_OVERHEAD_BYTES  # the compare and the put both carry the key
+        if size > self.max_request_bytes + GRPC_OVERHEAD_BYTES:
+            raise errors.StoreError(f"rpc error: code = ResourceExhausted desc = grpc: received message larger "
+                                    f"than max ({size} vs. {self.max_request_bytes + GRPC_OVERHEAD_BYTES})")
+        if size > self.max_request_bytes:
+            raise errors.RequestTooLarge()
 
     async def start(self) -> None:
         pass
@@ -169,6 +185,7 @@ class InProcessBackend:
         return ListResult(items, res.more, count, res.revision)
 
     async def create(self, key: bytes, value: bytes) -> int:
+        self.check_size(key, value)
         t = self._t
         res = await self.store.txn(t.TxnRequest(
             compare=[t.Compare(t.CompareResult.EQUAL, t.CompareTarget.MOD, key, mod_revision=0)],
@@ -192,6 +209,7 @@ class InProcessBackend:
         return res.revision
 
     async def update(self, key: bytes, value: bytes, expected_mod_revision: int) -> int:
+        self.check_size(key, value)
         return await self._cas(key, self._t.PutRequest(key, value), expected_mod_revision)
 
     async def delete(self, key: bytes, expected_mod_revision: int) -> int:

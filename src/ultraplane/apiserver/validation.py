@@ -255,7 +255,8 @@ def _details(name: str, group: str, kind: str) -> dict[str, Any]:
         details["name"] = name
     if group:
         details["group"] = group
-    details["kind"] = kind
+    if kind:  # omitempty, as in metav1.StatusDetails
+        details["kind"] = kind
     return details
 
 

@@ -64,10 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def add_node_flags(parser: argparse.ArgumentParser, count_flag: str = "--count",
+def add_node_flags(parser: argparse.ArgumentParser, count_flags: tuple[str, ...] = ("--nodes", "--count"),
                    count_help: str = "number of nodes (default 3, or the sum of --node-type)") -> None:
-    """Shared with `ultraplane up` (there the count flag is --nodes)."""
-    parser.add_argument(count_flag, dest="node_count", type=int, default=None, help=count_help)
+    """Shared with `ultraplane up` (there the count flag is only --nodes)."""
+    parser.add_argument(*count_flags, dest="node_count", type=int, default=None, help=count_help)
     parser.add_argument("--node-type", default=None, metavar="TYPE=N,...",
                         help="instance types and counts, e.g. p5.48xlarge=100,m5.large=900 (default: a mix)")
     parser.add_argument("--prefix-delegation", default="true", choices=["true", "false"],

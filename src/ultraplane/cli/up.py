@@ -66,9 +66,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_apiserver_flags(parser)
     parser.add_argument("--no-scheduler", action="store_true",
                         help="do not start the scheduler (run `ultraplane scheduler` separately, or none)")
+    parser.add_argument("--no-controllers", action="store_true",
+                        help="do not start the controller manager (run `ultraplane controllers` separately, or none)")
+    parser.add_argument("--controllers", default="*",
+                        help="controllers the controller manager runs (kube's --controllers: '*,-foo')")
+    parser.add_argument("--node-monitor-grace-period", default="40s",
+                        help="passed to the controller manager: heartbeat grace before a node turns NotReady")
     from ultraplane.cli.nodes import add_node_flags
 
-    add_node_flags(parser, "--nodes", "simulated nodes to start (`ultraplane nodes` as a child process; "
+    add_node_flags(parser, ("--nodes",), "simulated nodes to start (`ultraplane nodes` as a child process; "
                                       "default 3, or the sum of --node-type; 0 for none)")
     parser.set_defaults(run=run)
 
@@ -121,10 +127,16 @@ def run(args: argparse.Namespace) -> int:
     except encryption.EncryptionConfigError as exc:
         log.error("%s", exc)
         return 1
+    # With the controller manager running, its namespace controller empties Terminating namespaces.
+    api_config.namespace_cleanup = args.no_controllers
     # Cluster components run as child processes against the admin kubeconfig: each is also a command.
     children: list[list[str]] = []
     if not args.no_scheduler:
         children.append(component_command("scheduler", "--kubeconfig", str(kubeconfig)))
+    if not args.no_controllers:
+        children.append(component_command("controllers", "--kubeconfig", str(kubeconfig), "--controllers",
+                                          args.controllers, "--node-monitor-grace-period",
+                                          args.node_monitor_grace_period))
     if args.node_count is None and not args.node_type:
         args.node_count = DEFAULT_NODES  # `ultraplane up` alone is a small working cluster
     if args.node_count or args.node_type:

@@ -185,7 +185,10 @@ class KubeClient:
                 conn = self.idle.pop() if reused else await self._connect()
                 try:
                     conn.writer.write(message)
-                    response = await asyncio.wait_for(self._read_response(conn), self.timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                    # arrives as the read completes, and a controller shutting down would hang
+                    async with asyncio.timeout(self.timeout):
+                        response = await self._read_response(conn)
                 except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                     conn.close()
                     # A pooled connection the server closed while idle fails before any answer: retry once
@@ -234,9 +237,12 @@ class KubeClient:
                 raise ApiError(data, status)
             pending = b""
             async for chunk in _chunks(conn.reader):
-                pending += chunk
-                while (end := pending.find(b"\n")) >= 0:
-                    line, pending = pending[:end], pending[end + 1:]
+                if b"\n" not in chunk:
+                    pending += chunk  # an event split over chunks
+                    continue
+                # one split per chunk: a chunk often carries many events
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
                     if line.strip():
                         yield orjson.loads(line)
             if pending.strip():

@@ -61,11 +61,13 @@ class Informer:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # cancel until it ends: on Python < 3.12 asyncio.wait_for (under the client's requests) can
+            # swallow a cancellation that lands as the answer arrives
+            while not self.task.done():
+                self.task.cancel()
+                await asyncio.wait([self.task], timeout=1.0)
+            if not self.task.cancelled():
+                self.task.exception()  # retrieved, so asyncio does not log it as never retrieved
             self.task = None
 
     def get(self, key: str) -> Obj | None:

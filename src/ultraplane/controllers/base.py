@@ -133,9 +133,13 @@ class Controller:
         try:
             await stop.wait()
         finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            pending = set(workers)
+            while pending:
+                for worker in pending:
+                    worker.cancel()
+                # re-cancel what is still running: on Python < 3.12 asyncio.wait_for (under the client's
+                # requests) can swallow a cancellation that lands as the answer arrives
+                _, pending = await asyncio.wait(pending, timeout=1.0)
             self.queue.shutdown()
 
     async def _worker(self) -> None:

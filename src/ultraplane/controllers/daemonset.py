@@ -13,6 +13,7 @@ with maxSurge starts the new pod beside the old one and removes the old once the
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ultraplane.apiserver.selectors import SelectorError, label_selector_from_dict
@@ -35,7 +36,7 @@ from ultraplane.controllers.podcontrol import (
     pod_from_template,
 )
 from ultraplane.controllers.statefulset import HASH_LABEL, revision_data, revision_hash
-from ultraplane.scheduler.model import match_node_selector_term, node_info, tolerates
+from ultraplane.scheduler.model import NodeInfo, match_node_selector_term, tolerates
 
 Obj = dict[str, Any]
 DAEMONSETS = "/apis/apps/v1/daemonsets"
@@ -80,7 +81,11 @@ def with_node_affinity(spec: Obj, node_name: str) -> None:
 
 def node_should_run(template_spec: Obj, node: Obj) -> tuple[bool, bool]:
     """(should run, should continue running): selector and affinity, then the taints kube checks."""
-    info = node_info(node)
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    # only what the predicates read: no resource parsing (this runs for every node on every sync)
+    info = NodeInfo(name=meta.get("name", ""), labels=meta.get("labels") or {}, taints=spec.get("taints") or [],
+                    unschedulable=bool(spec.get("unschedulable")), allocatable={}, images={})
     for k, v in (template_spec.get("nodeSelector") or {}).items():
         if info.labels.get(k) != v:
             return False, False
@@ -99,6 +104,31 @@ def node_should_run(template_spec: Obj, node: Obj) -> tuple[bool, bool]:
         if taint.get("effect") == "NoSchedule":
             should_run = False
     return should_run, should_continue
+
+
+class Backoff:
+    """flowcontrol.Backoff as the DaemonSet controller uses it: per key, a delay that doubles on each
+    failure up to a cap and starts over after 2x the cap without one."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.entries: dict[str, tuple[float, float]] = {}  # key -> (delay, last failure, monotonic)
+
+    def wait(self, key: str) -> float:
+        """Seconds left in key's backoff; 0 means go ahead, and counts as the next failure."""
+        now = time.monotonic()
+        entry = self.entries.get(key)
+        if entry is not None and now - entry[1] < entry[0]:
+            return entry[0] - (now - entry[1])
+        if entry is None or now - entry[1] > 2 * self.cap:
+            delay = self.initial
+        else:
+            delay = min(entry[0] * 2, self.cap)
+        self.entries[key] = (delay, now)
+        if len(self.entries) > 4096:  # forget keys long out of backoff
+            self.entries = {k: v for k, v in self.entries.items() if now - v[1] <= 2 * self.cap}
+        return 0.0
 
 
 def target_node(pod: Obj) -> str | None:
@@ -130,6 +160,7 @@ class DaemonSetController(Controller):
         self.pods_by_ns = namespace_index(self.pods)
         self.revisions_by_ns = namespace_index(self.revisions)
         self.expectations = Expectations()
+        self.failed_backoff = Backoff(1.0, 900.0)  # kube's failedPodsBackoff: 1 s doubling to 15 min
         self.recorder = EventRecorder(client, self.component)
         self.sets.add_handler(self.enqueue, lambda old, new: self.enqueue(new),
                               lambda ds: self.expectations.forget(object_key(ds)))
@@ -188,9 +219,11 @@ class DaemonSetController(Controller):
             node = target_node(pod)
             if node is not None:
                 by_node.setdefault(node, []).append(pod)
+        template_spec = (ds["spec"].get("template") or {}).get("spec") or {}
+        eligible = {n["metadata"]["name"]: node_should_run(template_spec, n) for n in self.nodes.list()}
         if self.expectations.satisfied(key) and not is_terminating(ds):
-            await self.manage(key, ds, by_node, digest)
-        await self.write_status(ds, by_node, digest)
+            await self.manage(key, ds, by_node, digest, eligible)
+        await self.write_status(ds, by_node, digest, eligible)
 
     async def revision(self, ds: Obj) -> str:
         ns = ds["metadata"]["namespace"]
@@ -200,6 +233,10 @@ class DaemonSetController(Controller):
                        key=lambda r: int(r.get("revision") or 0))
         for r in owned:
             if normalized(r.get("data") or {}) == normalized(data):
+                if r is not owned[-1]:  # back to an older template (rollout undo): it becomes the newest
+                    await self.client.update(f"/apis/apps/v1/namespaces/{ns}/controllerrevisions/"
+                                             f"{r['metadata']['name']}",
+                                             {**r, "revision": int(owned[-1].get("revision") or 0) + 1})
                 return (r["metadata"].get("labels") or {}).get(HASH_LABEL) or r["metadata"]["name"].rsplit("-", 1)[-1]
         collisions = int((ds.get("status") or {}).get("collisionCount") or 0)
         digest = revision_hash(data, collisions)
@@ -229,33 +266,38 @@ class DaemonSetController(Controller):
             return labels[REVISION_LABEL] == digest
         return labels.get(GENERATION_LABEL) == str(ds["metadata"].get("generation") or 1)
 
-    async def manage(self, key: str, ds: Obj, by_node: dict[str, list[Obj]], digest: str) -> None:
-        template_spec = ((ds["spec"].get("template") or {}).get("spec") or {})
+    async def manage(self, key: str, ds: Obj, by_node: dict[str, list[Obj]], digest: str,
+                     eligible: dict[str, tuple[bool, bool]]) -> None:
         min_ready = int(ds["spec"].get("minReadySeconds") or 0)
         now = now_utc()
         create: list[str] = []
         delete: list[Obj] = []
         nodes = {n["metadata"]["name"]: n for n in self.nodes.list()}
-        for node_name, node in nodes.items():
-            should_run, should_continue = node_should_run(template_spec, node)
+        desired = sum(1 for run, _ in eligible.values() if run)
+        surging = self.surge(ds, desired) > 0
+        for node_name in nodes:
+            should_run, should_continue = eligible.get(node_name, (False, False))
             pods = [p for p in by_node.get(node_name, []) if not is_terminating(p)]
             if should_run and not pods:
                 create.append(node_name)
             elif should_continue and pods:
-                failed = [p for p in pods if phase(p) == "Failed"]
-                for pod in failed:
+                for pod in (p for p in pods if phase(p) == "Failed"):
+                    # a kubelet rejecting the pod must not meet a hot loop: delete with backoff, and
+                    # the next sync (seeing no pod) creates the replacement
+                    wait = self.failed_backoff.wait(f"{key}/{node_name}")
+                    if wait > 0:
+                        self.queue.add_after(key, wait)
+                        continue
                     self.recorder.event(ds, "Warning", "FailedDaemonPod",
                                         f"Found failed daemon pod {pod['metadata']['namespace']}/"
                                         f"{pod['metadata']['name']} on node {node_name}, will try to kill it")
-                delete.extend(failed)
+                    delete.append(pod)
                 running = sorted((p for p in pods if phase(p) != "Failed"),
                                  key=lambda p: p["metadata"].get("creationTimestamp") or "")
-                if not running and should_run:
-                    create.append(node_name)
                 if len(running) > 1:
                     # keep one updated pod if there is one (a surge leaves two), otherwise the oldest
                     updated = [p for p in running if self.is_updated(p, digest, ds)]
-                    if not self.surge(ds) or not updated:
+                    if not surging or not updated:
                         delete.extend(running[1:])
                     elif is_available(updated[0], min_ready, now):
                         delete.extend(p for p in running if p is not updated[0])
@@ -266,29 +308,25 @@ class DaemonSetController(Controller):
                 delete.extend(p for p in pods if not is_terminating(p))
         if not create and not delete and \
                 (ds["spec"].get("updateStrategy") or {}).get("type", "RollingUpdate") == "RollingUpdate":
-            create, delete = self.rolling_update(ds, by_node, digest, nodes)
+            create, delete = self.rolling_update(ds, by_node, digest, nodes, desired)
         self.expectations.expect(key, adds=len(create), deletes=[object_key(p) for p in delete])
         for node_name in create:
             await self.create_pod(key, ds, node_name, digest)
         for pod in delete:
             await self.delete_pod(key, ds, pod)
 
-    def surge(self, ds: Obj) -> int:
+    @staticmethod
+    def surge(ds: Obj, desired: int) -> int:
         rolling = (ds["spec"].get("updateStrategy") or {}).get("rollingUpdate") or {}
-        return scaled_value(rolling.get("maxSurge", 0), self.desired(ds), True)
-
-    def desired(self, ds: Obj) -> int:
-        spec = (ds["spec"].get("template") or {}).get("spec") or {}
-        return sum(1 for n in self.nodes.list() if node_should_run(spec, n)[0])
+        return scaled_value(rolling.get("maxSurge", 0), desired, True)
 
     def rolling_update(self, ds: Obj, by_node: dict[str, list[Obj]], digest: str,
-                       nodes: dict[str, Obj]) -> tuple[list[str], list[Obj]]:
+                       nodes: dict[str, Obj], desired: int) -> tuple[list[str], list[Obj]]:
         """kube's rollingUpdate: replace old pods while at most maxUnavailable nodes lack an available pod
         (maxSurge 0), or start new pods beside old ones on up to maxSurge nodes."""
         rolling = (ds["spec"].get("updateStrategy") or {}).get("rollingUpdate") or {}
-        desired = self.desired(ds)
         max_unavailable = scaled_value(rolling.get("maxUnavailable", 1), desired, False)
-        max_surge = self.surge(ds)
+        max_surge = self.surge(ds, desired)
         if max_surge == 0 and max_unavailable == 0:
             max_unavailable = 1
         min_ready = int(ds["spec"].get("minReadySeconds") or 0)
@@ -352,14 +390,12 @@ class DaemonSetController(Controller):
             raise
         self.recorder.event(ds, "Normal", "SuccessfulDelete", f"Deleted pod: {meta['name']}")
 
-    async def write_status(self, ds: Obj, by_node: dict[str, list[Obj]], digest: str) -> None:
-        template_spec = ((ds["spec"].get("template") or {}).get("spec") or {})
+    async def write_status(self, ds: Obj, by_node: dict[str, list[Obj]], digest: str,
+                           eligible: dict[str, tuple[bool, bool]]) -> None:
         min_ready = int(ds["spec"].get("minReadySeconds") or 0)
         now = now_utc()
         desired = current = misscheduled = ready = updated = available = 0
-        for node in self.nodes.list():
-            name = node["metadata"]["name"]
-            should_run, _ = node_should_run(template_spec, node)
+        for name, (should_run, _) in eligible.items():
             pods = [p for p in by_node.get(name, []) if not is_terminating(p)]
             if should_run:
                 desired += 1

@@ -233,7 +233,10 @@ class DeploymentController(Controller):
         self.pods_by_ns = namespace_index(self.pods)
         self.recorder = EventRecorder(client, self.component)
         self.deployments.add_handler(self.enqueue, lambda old, new: self.enqueue(new), self.enqueue)
-        self.sets.add_handler(self._set_changed, self._set_updated, self._set_changed)
+        self.sets.add_handler(self._set_changed, self._set_updated, self._set_deleted)
+        # ReplicaSets as our own updates returned them, until the informer shows that version: a sync
+        # that runs before then must not count from an older copy (status would step backwards)
+        self.written: dict[str, Obj] = {}
         self.pods.add_handler(None, None, self._pod_deleted)
 
     # ------------------------------------------------------------------ events in
@@ -259,10 +262,21 @@ class DeploymentController(Controller):
                     continue
 
     def _set_updated(self, old: Obj, new: Obj) -> None:
+        written = self.written.get(new["metadata"]["uid"])
+        if written is not None and _version(new) >= _version(written):
+            del self.written[new["metadata"]["uid"]]  # the informer has caught up with our own write
         old_key = self._owner_key(old, "Deployment", self.deployments)
         if old_key is not None and old_key != self._owner_key(new, "Deployment", self.deployments):
             self.queue.add(old_key)
         self._set_changed(new)
+
+    def _set_deleted(self, rs: Obj) -> None:
+        self.written.pop(rs["metadata"]["uid"], None)
+        self._set_changed(rs)
+
+    def freshest(self, rs: Obj) -> Obj:
+        written = self.written.get(rs["metadata"]["uid"])
+        return written if written is not None and _version(written) > _version(rs) else rs
 
     def _pod_deleted(self, pod: Obj) -> None:
         # Recreate waits for the old pods to be gone; their deletions wake it up
@@ -293,7 +307,8 @@ class DeploymentController(Controller):
             selector = label_selector_from_dict(selector_dict)
         except SelectorError:
             return
-        sets = await claim(self.client, d, "apps/v1", "Deployment", self.sets_by_ns.list(ns), selector,
+        candidates = [self.freshest(rs) for rs in self.sets_by_ns.list(ns)]
+        sets = await claim(self.client, d, "apps/v1", "Deployment", candidates, selector,
                            lambda rs: f"/apis/apps/v1/namespaces/{ns}/replicasets/{rs['metadata']['name']}",
                            lambda: self.client.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}"))
         rollout = Rollout(self, d, sets)
@@ -471,6 +486,7 @@ class Rollout:
     async def update_set(self, rs: Obj) -> Obj:
         meta = rs["metadata"]
         updated = await self.client.update(f"/apis/apps/v1/namespaces/{self.ns}/replicasets/{meta['name']}", rs)
+        self.c.written[meta["uid"]] = updated
         self.sets = [updated if s["metadata"]["uid"] == meta["uid"] else s for s in self.sets]
         return updated
 
@@ -807,6 +823,13 @@ class Rollout:
         since = parse_time(current.get("lastUpdateTime")) or now
         after = (since + dt.timedelta(seconds=int(d["spec"]["progressDeadlineSeconds"])) - now).total_seconds()
         self.c.queue.add_after(object_key(d), 0 if after < 1 else after + 1)
+
+
+def _version(obj: Obj) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:  # not an etcd revision: treat as unknown (never fresher)
+        return 0
 
 
 def _neg(key: tuple[str, str]) -> tuple[str, str]:

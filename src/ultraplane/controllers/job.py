@@ -187,6 +187,7 @@ class Run:
         self.now = now_utc()
         self.policy_failure: str | None = None  # the message of a matched FailJob rule
         self.failures_in_row = 0
+        self.completed: set[int] = set()  # completed indexes of an Indexed job
 
     def completions(self) -> int | None:
         value = self.spec.get("completions")
@@ -249,6 +250,7 @@ class Run:
         active = [p for p in self.pods if phase(p) not in ("Succeeded", "Failed") and not is_terminating(p)]
         terminating = [p for p in self.pods if is_terminating(p) and phase(p) not in ("Succeeded", "Failed")]
 
+        self.completed = completed
         if not finished and not spec.get("suspend") and not status.get("startTime"):
             status["startTime"] = rfc3339(self.now)
         target = self.target_condition(status, total_succeeded, total_failed)
@@ -311,12 +313,30 @@ class Run:
         if deadline is not None and started is not None and not self.spec.get("suspend") and \
                 started + dt.timedelta(seconds=int(deadline)) <= self.now:
             return "Failed", "DeadlineExceeded", "Job was active longer than specified deadline"
+        matched = self.success_policy_rule()
+        if matched is not None:
+            return "Complete", "SuccessPolicy", f"Matched rules at index {matched}"
         completions = self.completions()
         if completions is not None and succeeded >= completions:
             return "Complete", "CompletionsReached", "Reached expected number of succeeded pods"
         if completions is None and succeeded > 0 and not any(
                 phase(p) not in ("Succeeded", "Failed") and not is_terminating(p) for p in self.pods):
             return "Complete", "CompletionsReached", "Reached expected number of succeeded pods"
+        return None
+
+    def success_policy_rule(self) -> int | None:
+        """spec.successPolicy (Indexed jobs): the first rule whose succeededIndexes / succeededCount the
+        completed indexes satisfy."""
+        if not self.indexed:
+            return None
+        for index, rule in enumerate((self.spec.get("successPolicy") or {}).get("rules") or []):
+            wanted = parse_indexes(rule["succeededIndexes"]) if rule.get("succeededIndexes") else None
+            done = len(self.completed & wanted) if wanted is not None else len(self.completed)
+            count = rule.get("succeededCount")
+            if count is not None and done >= int(count):
+                return index
+            if count is None and wanted is not None and wanted <= self.completed:
+                return index
         return None
 
     def wake_at_deadline(self, status: Obj) -> None:

@@ -17,7 +17,8 @@ import logging
 import time
 from typing import Any
 
-from ultraplane.client.http import ApiError, KubeClient
+from ultraplane.client.http import MERGE, ApiError, KubeClient
+from ultraplane.controllers.podcontrol import EventRecorder
 
 log = logging.getLogger("ultraplane.controllers.nodelifecycle")
 Obj = dict[str, Any]
@@ -115,6 +116,9 @@ class NodeLifecycleController:
         self.evictions: dict[str, asyncio.TimerHandle] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.evicted = 0
+        # kube's recorders: node-controller for node status changes, taint-eviction-controller for evictions
+        self.node_events = EventRecorder(client, "node-controller")
+        self.eviction_events = EventRecorder(client, "taint-eviction-controller")
 
     async def run(self, stop: asyncio.Event) -> None:
         self.tasks = [asyncio.create_task(self._follow("/api/v1/nodes", {}, self._on_node)),
@@ -203,6 +207,9 @@ class NodeLifecycleController:
             ready = ready_status(node)
             if stale and ready != "Unknown":
                 node = await self._patch_node_status(name, {"status": {"conditions": unknown_conditions(node, now)}})
+                # kube names the node by its name as uid in these events (RecordNodeStatusChange)
+                self.node_events.event({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": name}},
+                                       "Normal", "NodeNotReady", f"Node {name} status is now: NodeNotReady")
                 await self._mark_pods_not_ready(name, now)
             taints = wanted_taints(node, now)
             if taints != list((node.get("spec") or {}).get("taints") or []):
@@ -216,7 +223,8 @@ class NodeLifecycleController:
         return node
 
     async def _patch_node(self, name: str, patch: Obj) -> Obj:
-        node = await self.client.patch(f"/api/v1/nodes/{name}", patch)
+        # a merge patch replaces the taint list as a whole (kube's taints have no merge key)
+        node = await self.client.patch(f"/api/v1/nodes/{name}", patch, content_type=MERGE)
         self.nodes[name] = node
         return node
 
@@ -271,8 +279,15 @@ class NodeLifecycleController:
             await self.client.delete(path, {"apiVersion": "v1", "kind": "DeleteOptions",
                                             "preconditions": {"uid": meta.get("uid")}})
             self.evicted += 1
+            self.eviction_events.event({"apiVersion": "v1", "kind": "Pod", **pod}, "Normal", "TaintManagerEviction",
+                                       f"Marking for deletion Pod {meta['namespace']}/{meta['name']}")
             log.info("evicted pod %s/%s from tainted node %s", meta["namespace"], meta["name"],
                      pod["spec"].get("nodeName"))
         except ApiError as exc:
             if exc.code not in (404, 409):
                 log.warning("evicting %s/%s: %s", meta["namespace"], meta["name"], exc)
+
+
+def node_lifecycle(client: KubeClient, _informers: Any, options: Any) -> NodeLifecycleController:
+    """The registry's factory: the controller follows its own collections (nodes, leases, bound pods)."""
+    return NodeLifecycleController(client, options.node_monitor_grace_period, options.node_monitor_period)

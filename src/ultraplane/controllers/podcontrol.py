@@ -12,12 +12,12 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ultraplane.apiserver.selectors import LabelSelector
-from ultraplane.client.http import ApiError, KubeClient
+from ultraplane.client.http import MERGE, ApiError, KubeClient
 from ultraplane.client.informer import Informer, object_key
 
 log = logging.getLogger("ultraplane.controllers")
@@ -84,35 +84,82 @@ class Expectations:
 # ---------------------------------------------------------------------- events
 class EventRecorder:
     """core/v1 Events as kube-controller-manager's recorders write them (source.component = the
-    controller's name), sent in the background so a sync never waits for its events."""
+    controller's name), sent in the background so a sync never waits for its events.
+
+    As client-go's EventCorrelator, a repeat of an event (same object, type, reason and message)
+    within ten minutes is not a new Event: the first one's count and lastTimestamp are patched, so
+    `kubectl describe` shows "(x5 over 2m)". From the tenth distinct message of one (object, type,
+    reason) in ten minutes on, they go into a single "(combined from similar events): <latest>"
+    Event (the aggregator). The last 4096 keys are remembered."""
+
+    CACHE_SIZE = 4096
+    REPEAT_WINDOW_S = 600.0
+    SIMILAR_MAX = 10
 
     def __init__(self, client: KubeClient, component: str) -> None:
         self.client = client
         self.component = component
         self.pending: set[asyncio.Task[None]] = set()
-        self.instance = f"{component}-ultraplane"
+        # (uid, type, reason, message) -> [namespace, event name, count, first seen, last send]
+        self.seen: OrderedDict[tuple[str, str, str, str], list[Any]] = OrderedDict()
+        # (uid, type, reason) -> [window start, distinct messages seen in it]
+        self.similar: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()
 
     def event(self, obj: Obj, kind: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
         stamp = rfc3339()
-        body = {"apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": f"{meta.get('name', '')}.{time.time_ns():x}", "namespace": namespace},
+        now = time.monotonic()
+        key = (meta.get("uid", ""), kind, reason, message)
+        similar = self.similar.get(key[:3])
+        if similar is None or now - similar[0] >= self.REPEAT_WINDOW_S:
+            similar = self.similar[key[:3]] = [now, set()]
+            if len(self.similar) > self.CACHE_SIZE:
+                self.similar.popitem(last=False)
+        similar[1].add(message)
+        if len(similar[1]) >= self.SIMILAR_MAX:
+            message = f"(combined from similar events): {message}"
+            key = (*key[:3], "")  # one aggregate Event per (object, type, reason)
+        previous = self.seen.get(key)
+        if previous is not None and now - previous[3] < self.REPEAT_WINDOW_S:
+            previous[2] += 1
+            self.seen.move_to_end(key)
+            previous[4] = self._spawn(self._repeat(previous[4], namespace, previous[1], previous[2], stamp,
+                                                   message))
+            return
+        name = f"{meta.get('name', '')}.{time.time_ns():x}"
+        body = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
                 "involvedObject": {"apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""),
                                    "namespace": meta.get("namespace", ""), "name": meta.get("name", ""),
                                    "uid": meta.get("uid", ""), "resourceVersion": meta.get("resourceVersion", "")},
                 "reason": reason, "message": message, "type": kind, "count": 1,
                 "source": {"component": self.component}, "firstTimestamp": stamp, "lastTimestamp": stamp,
                 "reportingComponent": self.component, "reportingInstance": ""}
-        task = asyncio.ensure_future(self._send(namespace, body))
+        self.seen[key] = [namespace, name, 1, now, self._spawn(self._create(namespace, body))]
+        if len(self.seen) > self.CACHE_SIZE:
+            self.seen.popitem(last=False)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
+        return task
 
-    async def _send(self, namespace: str, body: Obj) -> None:
+    async def _create(self, namespace: str, body: Obj) -> None:
         try:
             await self.client.create(f"/api/v1/namespaces/{namespace}/events", body)
         except (ApiError, OSError, TimeoutError) as exc:
             log.debug("%s: event %s not recorded: %s", self.component, body["reason"], exc)
+
+    async def _repeat(self, before: asyncio.Task[None], namespace: str, name: str, count: int, stamp: str,
+                      message: str) -> None:
+        await asyncio.wait([before])  # the Event must exist before its count can go up
+        try:
+            await self.client.patch(f"/api/v1/namespaces/{namespace}/events/{name}",
+                                    {"count": count, "lastTimestamp": stamp, "message": message},
+                                    content_type=MERGE)
+        except (ApiError, OSError, TimeoutError) as exc:
+            log.debug("%s: event %s not updated: %s", self.component, name, exc)
 
 
 # ---------------------------------------------------------------------- owners

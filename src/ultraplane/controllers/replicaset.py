@@ -11,6 +11,9 @@ ReplicaFailure condition; SuccessfulCreate / SuccessfulDelete / FailedCreate / F
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
+import math
 from typing import Any
 
 from ultraplane.apiserver.selectors import LabelSelector, SelectorError, label_selector_from_dict
@@ -40,36 +43,61 @@ BURST_REPLICAS = 500  # kube's BurstReplicas: at most this many creations or del
 PHASE_ORDER = {"Pending": 0, "Unknown": 1, "Running": 2}
 
 
-def deletion_order(pods: list[Obj], ranks: dict[str, int]) -> list[Obj]:
-    """ActivePodsWithRanks: the pods to delete first come first: unscheduled, then pending/unknown/running,
-    not ready, lower pod-deletion-cost, more siblings on the same node, ready for a shorter time, more
-    container restarts, newer."""
-    def sort_key(pod: Obj) -> tuple[Any, ...]:
-        spec = pod.get("spec") or {}
-        status = pod.get("status") or {}
-        meta = pod.get("metadata") or {}
-        ready = is_ready(pod)
-        ready_since = ""
-        if ready:
-            for cond in status.get("conditions") or []:
-                if cond.get("type") == "Ready":
-                    ready_since = cond.get("lastTransitionTime") or ""
-        restarts = max((int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or []), default=0)
-        try:
-            cost = int((meta.get("annotations") or {}).get("controller.kubernetes.io/pod-deletion-cost", "0"))
-        except ValueError:
-            cost = 0
-        return (bool(spec.get("nodeName")), PHASE_ORDER.get(phase(pod), 3), ready, cost,
-                -ranks.get(object_key(pod), 0), _newer_first(ready_since), -restarts,
-                _newer_first(meta.get("creationTimestamp") or ""))
-    return sorted(pods, key=sort_key)
+def deletion_order(pods: list[Obj], ranks: dict[str, int], now: dt.datetime | None = None) -> list[Obj]:
+    """ActivePodsWithRanks (with LogarithmicScaleDown, on by default): the pods to delete first come
+    first: unscheduled, then Pending < Unknown < Running, not ready, lower pod-deletion-cost, more
+    related pods on the same node, ready for a shorter time, more container restarts, newer. Ready and
+    creation times are compared in log2 buckets of their age; one bucket decides by UID."""
+    when = now or now_utc()
+    facts = {id(p): _facts(p, ranks) for p in pods}
+
+    def compare(a: Obj, b: Obj) -> int:
+        fa, fb = facts[id(a)], facts[id(b)]
+        for field in range(5):  # scheduled, phase, ready, cost, -rank
+            if fa[field] != fb[field]:
+                return -1 if fa[field] < fb[field] else 1
+        if fa[2] and fb[2] and fa[5] != fb[5]:  # both ready, for different times
+            return _by_age(fa[5], fb[5], fa[8], fb[8], when)
+        if fa[6] != fb[6]:
+            return -1 if fa[6] > fb[6] else 1
+        if fa[7] != fb[7]:
+            return _by_age(fa[7], fb[7], fa[8], fb[8], when)
+        return 0
+    return sorted(pods, key=functools.cmp_to_key(compare))
 
 
-def _newer_first(stamp: str) -> tuple[int, str]:
-    # an empty time sorts first; later RFC 3339 strings sort earlier (negate by complementing each char)
-    if not stamp:
-        return (0, "")
-    return (1, "".join(chr(0x10FFFF - ord(ch)) for ch in stamp))
+def _facts(pod: Obj, ranks: dict[str, int]) -> tuple[Any, ...]:
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    meta = pod.get("metadata") or {}
+    ready = is_ready(pod)
+    ready_since = None
+    if ready:
+        cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready_since = parse_time(cond.get("lastTransitionTime"))
+    restarts = max((int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or []), default=0)
+    try:
+        cost = int((meta.get("annotations") or {}).get("controller.kubernetes.io/pod-deletion-cost", "0"))
+    except ValueError:
+        cost = 0
+    return (bool(spec.get("nodeName")), PHASE_ORDER.get(phase(pod), 3), ready, cost,
+            -ranks.get(object_key(pod), 0), ready_since, restarts, parse_time(meta.get("creationTimestamp")),
+            meta.get("uid", ""))
+
+
+def _by_age(t1: dt.datetime | None, t2: dt.datetime | None, uid1: str, uid2: str, now: dt.datetime) -> int:
+    """Newer first; a missing time counts as newest (afterOrZero); same log2 bucket of age: by UID."""
+    if t1 is None or t2 is None:
+        return 0 if t1 is t2 else (-1 if t1 is None else 1)
+    diff = _log_rank(now - t1) - _log_rank(now - t2)
+    if diff == 0:
+        return -1 if uid1 < uid2 else (1 if uid1 > uid2 else 0)
+    return -1 if diff < 0 else 1
+
+
+def _log_rank(age: dt.timedelta) -> int:
+    nanos = age.total_seconds() * 1e9
+    return -1 if nanos <= 0 else int(math.log2(nanos))
 
 
 class ReplicaSetController(Controller):
@@ -226,18 +254,31 @@ class ReplicaSetController(Controller):
             return error
         if diff > 0:
             count = min(diff, BURST_REPLICAS)
-            victims = pods if count >= len(pods) else deletion_order(pods, self.ranks(pods))[:count]
+            victims = pods if count >= len(pods) else deletion_order(pods, self.ranks(pods, self.related(rs, pods)))[
+                :count]
             self.expectations.expect(key, deletes=[object_key(p) for p in victims])
             results = await asyncio.gather(*(self.delete_pod(key, rs, p) for p in victims), return_exceptions=True)
             errors = [r for r in results if isinstance(r, Exception)]
             return errors[0] if errors else None
         return None
 
+    def related(self, rs: Obj, pods: list[Obj]) -> list[Obj]:
+        """getIndirectlyRelatedPods: the active pods of every set with the same owner (a deployment's
+        old and new sets), so a scale-down spreads over nodes across the whole rollout."""
+        owner = controller_ref(rs)
+        if owner is None:
+            return pods
+        namespace = rs["metadata"]["namespace"]
+        siblings = {s["metadata"]["uid"] for s in self.sets_by_ns.list(namespace)
+                    if (controller_ref(s) or {}).get("uid") == owner.get("uid")}
+        return [p for p in self.pods_by_ns.list(namespace)
+                if is_active(p) and (controller_ref(p) or {}).get("uid") in siblings]
+
     @staticmethod
-    def ranks(pods: list[Obj]) -> dict[str, int]:
-        # getPodsRankedByRelatedPodsOnSameNode: a pod sharing its node with more siblings goes first
+    def ranks(pods: list[Obj], related: list[Obj] | None = None) -> dict[str, int]:
+        # getPodsRankedByRelatedPodsOnSameNode: a pod sharing its node with more related pods goes first
         per_node: dict[str, int] = {}
-        for pod in pods:
+        for pod in pods if related is None else related:
             node = (pod.get("spec") or {}).get("nodeName")
             if node:
                 per_node[node] = per_node.get(node, 0) + 1
@@ -292,7 +333,8 @@ class ReplicaSetController(Controller):
 
     async def update_status(self, rs: Obj, status: Obj) -> Obj | None:
         current = rs.get("status") or {}
-        if all(current.get(k, 0) == v for k, v in status.items() if k != "conditions") and \
+        counts = (set(status) | set(current)) - {"conditions"}  # a count absent on one side is 0 (omitempty)
+        if all(current.get(k, 0) == status.get(k, 0) for k in counts) and \
                 (current.get("conditions") or []) == (status.get("conditions") or []):
             return current
         meta = rs["metadata"]
@@ -329,4 +371,3 @@ class ReplicationControllerController(ReplicaSetController):
         return label_selector_from_dict({"matchLabels": selector})
 
 
-__all__ = ["ReplicaSetController", "ReplicationControllerController", "deletion_order", "parse_time"]

@@ -130,6 +130,9 @@ class StatefulSetController(Controller):
         status = await StatefulSetSync(self, sts, pods, current, update).run()
         status["collisionCount"] = collisions
         await self.write_status(sts, status)
+        min_ready = int(sts["spec"].get("minReadySeconds") or 0)
+        if min_ready and status.get("readyReplicas", 0) != status.get("availableReplicas", 0):
+            self.queue.add_after(key, float(min_ready))  # recount once those pods are available
         await self.truncate_history(sts, pods, current, update)
 
     # ------------------------------------------------------------------ revisions
@@ -263,6 +266,8 @@ class StatefulSetSync:
             if self.monotonic and any(not is_healthy(p, self.min_ready) for o, p in self.by_ordinal.items()
                                       if o != ordinal and o in wanted):
                 return
+            if self.retention("whenScaled") == "Delete":
+                await self.claims_owned_by(pod)
             await self.delete(key, pod)
             if self.monotonic:
                 return
@@ -323,6 +328,9 @@ class StatefulSetSync:
         meta["namespace"] = self.ns
         labels = meta.setdefault("labels", {})
         labels.update((self.spec.get("selector") or {}).get("matchLabels") or {})
+        if self.retention("whenDeleted") == "Delete":
+            # deleting the set deletes the claim (the garbage collector follows this reference)
+            meta["ownerReferences"] = [self.claim_owner(self.sts, "apps/v1", "StatefulSet")]
         claim_obj.update({"apiVersion": "v1", "kind": "PersistentVolumeClaim"})
         try:
             await self.c.client.create(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims", claim_obj)
@@ -335,6 +343,26 @@ class StatefulSetSync:
             raise
         self.c.recorder.event(self.sts, "Normal", "SuccessfulCreate",
                               f"create Claim {claim_name} Pod {pod_name} in StatefulSet {self.name} success")
+
+    def retention(self, when: str) -> str:
+        return (self.spec.get("persistentVolumeClaimRetentionPolicy") or {}).get(when, "Retain")
+
+    @staticmethod
+    def claim_owner(owner: Obj, api_version: str, kind: str) -> Obj:
+        meta = owner["metadata"]
+        return {"apiVersion": api_version, "kind": kind, "name": meta["name"], "uid": meta["uid"]}
+
+    async def claims_owned_by(self, pod: Obj) -> None:
+        """whenScaled: Delete: a condemned pod's claims get the pod as owner, so they go with it."""
+        pod_name = pod["metadata"]["name"]
+        for claim_template in self.spec.get("volumeClaimTemplates") or []:
+            claim_name = f"{claim_template['metadata']['name']}-{pod_name}"
+            try:
+                await self.c.client.patch(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/{claim_name}",
+                                          {"metadata": {"ownerReferences": [self.claim_owner(pod, "v1", "Pod")]}})
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
 
     async def delete(self, key: str, pod: Obj) -> None:
         meta = pod["metadata"]

@@ -30,6 +30,7 @@ from ultraplane.nodes.types import InstanceType
 
 log = logging.getLogger("ultraplane.nodes")
 TICK = 0.1
+Job = Callable[[], Awaitable[None]]
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
 CRASH_BACKOFF_START = 10.0  # kubelet's container restart back-off: 10 s, doubling, at most 5 min
 CRASH_BACKOFF_MAX = 300.0
@@ -58,9 +59,41 @@ class SimConfig:
     ec2: Ec2Api = field(default_factory=lambda: Ec2Api(latency=0.05))
 
 
+POD, LEASE, NODE_STATUS = 0, 1, 2  # write lanes, most urgent first
+
+
+class WriteQueue:
+    """The process's pending API writes in lanes, served most urgent first.
+
+    In a real cluster every kubelet has its own connection, so one node's pod status never waits
+    behind 100,000 other nodes' heartbeats; here they share workers, so pod status and events
+    (what users wait for) go first, then Lease renewals, then the periodic node status posts.
+    """
+
+    def __init__(self) -> None:
+        self.lanes: tuple[deque[Job], ...] = (deque(), deque(), deque())
+        self.size = 0
+        self.nonempty = asyncio.Event()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def put(self, lane: int, job: Job) -> None:
+        self.lanes[lane].append(job)
+        self.size += 1
+        self.nonempty.set()
+
+    async def get(self) -> Job:
+        while not self.size:
+            self.nonempty.clear()
+            await self.nonempty.wait()
+        self.size -= 1
+        return next(lane for lane in self.lanes if lane).popleft()
+
+
 class SimNode:
     __slots__ = ("index", "name", "itype", "zone", "ip", "addresses", "uid", "lease", "alive", "registered",
-                 "lease_queued", "status_due", "ready_since", "images", "attach_lock", "pods")
+                 "lease_queued", "status_queued", "status_due", "ready_since", "images", "attach_lock", "pods")
 
     def __init__(self, index: int, name: str, itype: InstanceType, zone: str, ip: str,
                  addresses: NodeAddresses) -> None:
@@ -75,6 +108,7 @@ class SimNode:
         self.alive = True  # heartbeating and running pods; False when killed or cut off
         self.registered = False
         self.lease_queued = False
+        self.status_queued = False  # like lease_queued: a slow server stretches the period, not the queue
         self.status_due = 0.0
         self.ready_since: str | None = None
         self.images: set[str] = set()
@@ -84,7 +118,7 @@ class SimNode:
 
 class PodState:
     __slots__ = ("uid", "namespace", "name", "node", "pod", "ip", "task", "phase", "status", "started_at",
-                 "plan", "terminating", "queued", "desired", "restarts")
+                 "plan", "terminating", "queued", "desired", "restarts", "writing")
 
     def __init__(self, pod: Obj, node: SimNode) -> None:
         meta = pod["metadata"]
@@ -103,6 +137,7 @@ class PodState:
         self.queued = False
         self.desired: Obj | None = None
         self.restarts = 0  # container restarts so far (restartPolicy OnFailure)
+        self.writing = False  # a status PATCH is in flight: the next one waits for it (keeps writes in order)
 
 
 @dataclass
@@ -151,7 +186,7 @@ class NodeSimulator:
             self.by_name[name] = node
         self.pods: dict[str, PodState] = {}  # uid -> state, pods bound to our nodes
         self.by_key: dict[tuple[str, str], PodState] = {}
-        self.queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self.queue = WriteQueue()
         self.tasks: list[asyncio.Task[Any]] = []
         self.kubelet_port = self.cfg.kubelet_port
         self.synced = asyncio.Event()
@@ -273,6 +308,7 @@ class NodeSimulator:
         self.stats.lease_failures += 1
 
     async def post_status(self, node: SimNode) -> None:
+        node.status_queued = False
         if not node.alive:
             return
         patch = objects.node_ready_patch(_now(), node.ready_since)
@@ -294,10 +330,11 @@ class NodeSimulator:
                     continue
                 if not node.lease_queued:
                     node.lease_queued = True
-                    self.queue.put_nowait(lambda n=node: self.renew_lease(n))
-                if now >= node.status_due:
+                    self.queue.put(LEASE, lambda n=node: self.renew_lease(n))
+                if now >= node.status_due and not node.status_queued:
                     node.status_due = now + self.cfg.status_report_interval
-                    self.queue.put_nowait(lambda n=node: self.post_status(n))
+                    node.status_queued = True
+                    self.queue.put(NODE_STATUS, lambda n=node: self.post_status(n))
             slot = (slot + 1) % slots
             deadline += TICK
             await asyncio.sleep(max(0.0, deadline - loop.time()))
@@ -320,8 +357,8 @@ class NodeSimulator:
             return
         node.alive = True
         node.ready_since = objects.rfc3339(_now())
-        self.queue.put_nowait(lambda: self.renew_lease(node))
-        self.queue.put_nowait(lambda: self.post_status(node))
+        self.queue.put(LEASE, lambda: self.renew_lease(node))
+        self.queue.put(LEASE, lambda: self.post_status(node))  # Ready again: as urgent as the heartbeat
         for uid in list(node.pods):
             state = self.pods.get(uid)
             if state is not None:
@@ -425,21 +462,31 @@ class NodeSimulator:
     def _desire(self, state: PodState, status: Obj) -> None:
         """The status manager: keep the latest status, queue at most one write per pod."""
         state.desired = status
-        if not state.queued:
+        if not state.queued and not state.writing:
             state.queued = True
-            self.queue.put_nowait(lambda: self._write_status(state))
+            self.queue.put(POD, lambda: self._write_status(state))
 
     async def _write_now(self, state: PodState, status: Obj) -> None:
-        state.desired = None
-        state.queued = False  # a queued write finds nothing to do
-        await self._patch_status(state, status)
+        state.desired = status
+        while state.writing or state.desired is not None:
+            if not state.writing:
+                await self._write_status(state)
+            else:
+                await asyncio.sleep(0.01)  # the write in flight finishes first, then ours goes
 
     async def _write_status(self, state: PodState) -> None:
         state.queued = False
         status, state.desired = state.desired, None
         if status is None or state.uid not in self.pods or not state.node.alive:
             return
-        await self._patch_status(state, status)
+        state.writing = True
+        try:
+            await self._patch_status(state, status)
+        finally:
+            state.writing = False
+            if state.desired is not None and not state.queued:  # changed while we wrote: write the latest
+                state.queued = True
+                self.queue.put(POD, lambda: self._write_status(state))
 
     async def _patch_status(self, state: PodState, status: Obj) -> None:
         path = f"/api/v1/namespaces/{state.namespace}/pods/{state.name}/status"
@@ -456,7 +503,7 @@ class NodeSimulator:
         if not self.cfg.events:
             return
         event = objects.pod_event(state.pod, state.node.name, container, kind, reason, message, _now())
-        self.queue.put_nowait(lambda: self._post_event(state.namespace, event))
+        self.queue.put(POD, lambda: self._post_event(state.namespace, event))
 
     async def _post_event(self, namespace: str, event: Obj) -> None:
         try:
@@ -618,5 +665,5 @@ class NodeSimulator:
                 "leaseRenewals": self.stats.lease_renewals, "leaseFailures": self.stats.lease_failures,
                 "statusPosts": self.stats.status_posts, "podWrites": self.stats.pod_writes,
                 "pods": len(self.pods), "podsRunning": self.stats.pods_running,
-                "podsFinished": self.stats.pods_finished, "events": self.stats.events, "queued": self.queue.qsize(),
+                "podsFinished": self.stats.pods_finished, "events": self.stats.events, "queued": len(self.queue),
                 "ec2Calls": self.cfg.ec2.calls, "prefixDelegation": self.cfg.prefix_delegation}
