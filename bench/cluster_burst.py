@@ -173,6 +173,22 @@ class PodTracker:
             self.task.cancel()
 
 
+async def request_counts(client: KubeClient) -> dict[str, float]:
+    """apiserver_request_total summed per "VERB resource/subresource"."""
+    text = (await client.raw("GET", "/metrics")).body.decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        fields = {k: v.strip('"') for k, v in (p.split("=", 1) for p in labels[labels.index("{") + 1:-1].split(","))}
+        what = f"{fields.get('verb', '')} {fields.get('resource', '')}"
+        if fields.get("subresource"):
+            what += "/" + fields["subresource"]
+        counts[what] = counts.get(what, 0.0) + float(value)
+    return counts
+
+
 async def api_p99(client: KubeClient) -> dict[str, float]:
     """p99 per verb (seconds) from the server's request-duration histogram, over all resources."""
     text = (await client.raw("GET", "/metrics")).body.decode()
@@ -260,6 +276,7 @@ async def burst(args: argparse.Namespace) -> None:
             tracker = PodTracker(client, "burst")
             await tracker.start()
             before = await api_p99(client)
+            counts_before = await request_counts(client)
             started = time.monotonic()
             await create_all(client, "burst", [deployment(f"d{i:04}", args.replicas)
                                                for i in range(args.deployments)])
@@ -267,7 +284,9 @@ async def burst(args: argparse.Namespace) -> None:
             done, peak_rss, cpu = await follow(tracker, total, progress, "burst", args.timeout, cp)
             took = (max(tracker.running.values()) if tracker.running else time.monotonic()) - started
             after = await api_p99(client)
+            counts = await request_counts(client)
         await tracker.stop()
+        per_pod = {k: (v - counts_before.get(k, 0.0)) / max(1, len(tracker.running)) for k, v in counts.items()}
         startups = tracker.startups()
         table = Table(title=f"burst: {args.deployments} deployments x {args.replicas} replicas on {args.nodes} nodes "
                             f"(tier {args.tier})")
@@ -290,6 +309,9 @@ async def burst(args: argparse.Namespace) -> None:
             table.add_row(f"API p99 {verb}", f"≤ {after[verb] * 1000:,.0f} ms (before run: "
                                              f"{before.get(verb, 0) * 1000:,.0f} ms)")
         console.print(table)
+        busiest = sorted(per_pod.items(), key=lambda kv: -kv[1])[:12]
+        console.print("API requests per pod during the burst: " + sum(per_pod.values()).__format__(".1f") + " ("
+                      + ", ".join(f"{k} {v:.2f}" for k, v in busiest if v >= 0.05) + ")")
         await client.close()
     finally:
         cp.stop()

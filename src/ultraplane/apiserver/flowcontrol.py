@@ -410,6 +410,9 @@ class PolicyRule:
     non_resources: list[NonResourceRule]
 
 
+CLASSIFY_MEMO_SIZE = 10_000
+
+
 @dataclass
 class Schema:
     name: str
@@ -563,6 +566,7 @@ class FlowControl(Collector):
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
         self.schemas: list[Schema] = []
+        self.classified: dict[tuple[Any, ...], tuple[Schema, Level]] = {}
         self.levels: dict[str, Level] = {}
         self.waiting_levels: set[Level] = set()
         self.pool = 0  # the lendable seats of all levels
@@ -592,6 +596,7 @@ class FlowControl(Collector):
         self.levels = new_levels
         self.waiting_levels = {lv for lv in new_levels.values() if lv.waiting}
         self.schemas = sorted((compile_schema(o) for o in schemas), key=lambda s: (s.precedence, s.name))
+        self.classified.clear()
         self.apply_seats()
 
     def apply_seats(self) -> None:
@@ -605,6 +610,23 @@ class FlowControl(Collector):
         self.dispatch_waiting()
 
     def classify(self, user: str, groups: list[str], info: Any, method: str, path: str) -> tuple[Schema, Level]:
+        # The answer depends only on these attributes, and a few clients (kubelets, controllers) send most
+        # requests: remember it until the FlowSchemas change (configure() clears the memo).
+        if info is not None:
+            key: tuple[Any, ...] = (user, tuple(groups), info.verb, info.group, info.resource, info.subresource,
+                                    info.namespace)
+        else:
+            key = (user, tuple(groups), method, path)
+        found = self.classified.get(key)
+        if found is not None:
+            return found
+        found = self._classify(user, groups, info, method, path)
+        if len(self.classified) >= CLASSIFY_MEMO_SIZE:
+            self.classified.clear()
+        self.classified[key] = found
+        return found
+
+    def _classify(self, user: str, groups: list[str], info: Any, method: str, path: str) -> tuple[Schema, Level]:
         for schema in self.schemas:
             level = self.levels.get(schema.level)
             if level is not None and schema.matches(user, groups, info, method, path):
