@@ -31,6 +31,7 @@ from ultraplane.controllers.podcontrol import (
     is_terminating,
     namespace_index,
     now_utc,
+    owner_key,
     owner_ref,
     phase,
     pod_from_template,
@@ -168,10 +169,7 @@ class DaemonSetController(Controller):
         self.nodes.add_handler(self._node_changed, self._node_updated, self._node_changed)
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = controller_ref(pod)
-        if ref is None or ref.get("kind") != "DaemonSet":
-            return None
-        return f"{pod['metadata'].get('namespace', '')}/{ref.get('name', '')}"
+        return owner_key(pod, "DaemonSet")
 
     def _pod_added(self, pod: Obj) -> None:
         key = self._owner_key(pod)

@@ -31,6 +31,7 @@ from ultraplane.controllers.podcontrol import (
     is_terminating,
     namespace_index,
     now_utc,
+    owner_key,
     parse_time,
     phase,
     pod_from_template,
@@ -108,10 +109,7 @@ class JobController(Controller):
         self.enqueue(job)  # its pods' finalizers still have to come off
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = controller_ref(pod)
-        if ref is None or ref.get("kind") != "Job":
-            return None
-        return f"{pod['metadata'].get('namespace', '')}/{ref.get('name', '')}"
+        return owner_key(pod, "Job")
 
     def _pod_added(self, pod: Obj) -> None:
         key = self._owner_key(pod)

@@ -170,6 +170,14 @@ def controller_ref(obj: Obj) -> Obj | None:
     return None
 
 
+def owner_key(obj: Obj, kind: str) -> str | None:
+    """"namespace/name" of the object's controller when it is a `kind`, else None."""
+    ref = controller_ref(obj)
+    if ref is None or ref.get("kind") != kind:
+        return None
+    return f"{obj['metadata'].get('namespace', '')}/{ref.get('name', '')}"
+
+
 def owner_ref(owner: Obj, api_version: str, kind: str) -> Obj:
     meta = owner["metadata"]
     return {"apiVersion": api_version, "kind": kind, "name": meta["name"], "uid": meta["uid"],

@@ -34,6 +34,7 @@ from ultraplane.controllers.podcontrol import (
     is_terminating,
     namespace_index,
     now_utc,
+    owner_key,
     owner_ref,
     phase,
     pod_from_template,
@@ -96,10 +97,7 @@ class StatefulSetController(Controller):
         self.expectations.forget(object_key(sts))
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = controller_ref(pod)
-        if ref is None or ref.get("kind") != "StatefulSet":
-            return None
-        return f"{pod['metadata'].get('namespace', '')}/{ref.get('name', '')}"
+        return owner_key(pod, "StatefulSet")
 
     def _pod_changed(self, pod: Obj) -> None:
         key = self._owner_key(pod)
