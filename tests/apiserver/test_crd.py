@@ -257,7 +257,8 @@ def test_delete_sets_terminating_and_removes_instances(cluster: Cluster, api: cl
 
     # the instance's own finalizer holds the cleanup; meanwhile creates are refused
     wait_for(lambda: reason() == "InstanceDeletionInProgress")
-    assert custom.get_namespaced_custom_object(*args, "g1")["metadata"]["deletionTimestamp"]
+    # as kube's finalizer controller: the condition is written first, then the instances are deleted
+    wait_for(lambda: custom.get_namespaced_custom_object(*args, "g1")["metadata"].get("deletionTimestamp"))
     code, refused, _ = raw(api, "POST", "/apis/stable.example.com/v1/namespaces/default/gadgets",
                            {**body, "metadata": {"name": "g2"}})
     assert (code, refused["reason"], refused["message"], refused["details"]) == (
