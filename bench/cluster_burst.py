@@ -73,6 +73,25 @@ def tree_usage(pid: int) -> tuple[float, float]:
     return rss, cpu
 
 
+def component_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per control-plane component (the `ultraplane <command>` of each process in the tree)."""
+    out: dict[str, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{current}/cmdline").read_bytes().split(b"\0")
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, IndexError):
+            continue
+        name = argv[argv.index(b"ultraplane") + 1].decode() if b"ultraplane" in argv[:-1] else "other"
+        out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / ticks
+        pending.extend(int(c) for c in children)
+    return out
+
+
 class ControlPlane:
     def __init__(self, nodes: int, extra: list[str]) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="ultraplane-burst-"))
@@ -189,8 +208,9 @@ async def request_counts(client: KubeClient) -> dict[str, float]:
     return counts
 
 
-async def api_p99(client: KubeClient) -> dict[str, float]:
-    """p99 per verb (seconds) from the server's request-duration histogram, over all resources."""
+async def api_p99(client: KubeClient, q: float = 0.99) -> dict[str, float]:
+    """The q quantile per verb (seconds, a bucket bound) of the server's request-duration histogram, over all
+    resources, counted since the server started."""
     text = (await client.raw("GET", "/metrics")).body.decode()
     buckets: dict[str, dict[float, float]] = {}
     for line in text.splitlines():
@@ -208,7 +228,7 @@ async def api_p99(client: KubeClient) -> dict[str, float]:
         total = cumulative.get(float("inf"), 0.0)
         if total < 1:
             continue
-        result[verb] = next(b for b in sorted(cumulative) if cumulative[b] >= 0.99 * total)
+        result[verb] = next(b for b in sorted(cumulative) if cumulative[b] >= q * total)
     return result
 
 
@@ -264,6 +284,28 @@ async def follow(tracker: PodTracker, total: int, progress: Progress, label: str
     return False, peak_rss, tree_usage(cp.proc.pid)[1]
 
 
+def event_writes(counts: dict[str, float]) -> float:
+    return sum(v for k, v in counts.items() if k.startswith(("POST events", "PATCH events")))
+
+
+async def drain_events(client: KubeClient, progress: Progress, limit: float = 300.0) -> tuple[float, float]:
+    """Wait until event writes stop (the kubelets' event queues are sent after pod status, as client-go's
+    broadcaster does): (seconds until no event was written for 5 s, event writes counted then)."""
+    task = progress.add_task("events: written after all Running", total=None)
+    started = time.monotonic()
+    last = event_writes(await request_counts(client))
+    quiet_since = time.monotonic()
+    while time.monotonic() - started < limit:
+        await asyncio.sleep(1.0)
+        now = event_writes(await request_counts(client))
+        progress.update(task, completed=now)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= 5.0:
+            break
+    return max(0.0, quiet_since - started), last
+
+
 async def burst(args: argparse.Namespace) -> None:
     total = args.deployments * args.replicas
     cp = ControlPlane(args.nodes, ["--tier", args.tier])
@@ -277,14 +319,18 @@ async def burst(args: argparse.Namespace) -> None:
             await tracker.start()
             before = await api_p99(client)
             counts_before = await request_counts(client)
+            cpu_before = component_cpu(cp.proc.pid)
             started = time.monotonic()
             await create_all(client, "burst", [deployment(f"d{i:04}", args.replicas)
                                                for i in range(args.deployments)])
             created_in = time.monotonic() - started
             done, peak_rss, cpu = await follow(tracker, total, progress, "burst", args.timeout, cp)
             took = (max(tracker.running.values()) if tracker.running else time.monotonic()) - started
+            cpu_after = component_cpu(cp.proc.pid)
             after = await api_p99(client)
+            median = await api_p99(client, 0.5)
             counts = await request_counts(client)
+            drained_in, events_total = await drain_events(client, progress)
         await tracker.stop()
         per_pod = {k: (v - counts_before.get(k, 0.0)) / max(1, len(tracker.running)) for k, v in counts.items()}
         startups = tracker.startups()
@@ -303,11 +349,20 @@ async def burst(args: argparse.Namespace) -> None:
                       f"{percentile(to_bind, 0.5):.2f} s / {percentile(to_bind, 0.99):.2f} s")
         table.add_row("  of which bound -> Running p50 / p99",
                       f"{percentile(to_run, 0.5):.2f} s / {percentile(to_run, 0.99):.2f} s")
+        events_then = event_writes(counts) - event_writes(counts_before)
+        events_all = events_total - event_writes(counts_before)
+        table.add_row("event writes by all Running / in all", f"{events_then:,.0f} / {events_all:,.0f} "
+                                                               f"(the rest written {drained_in:.1f} s later)")
         table.add_row("control plane peak RSS", f"{peak_rss:.2f} GiB")
         table.add_row("control plane CPU", f"{cpu:,.0f} s")
+        running = max(1, len(tracker.running))
+        for name in sorted(cpu_after, key=lambda n: -cpu_after[n]):
+            used = cpu_after[name] - cpu_before.get(name, 0.0)
+            table.add_row(f"  CPU {name}", f"{used:,.1f} s ({used / max(took, 1e-9):.2f} cores, "
+                                           f"{1000 * used / running:.2f} ms per pod)")
         for verb in sorted(after):
-            table.add_row(f"API p99 {verb}", f"≤ {after[verb] * 1000:,.0f} ms (before run: "
-                                             f"{before.get(verb, 0) * 1000:,.0f} ms)")
+            table.add_row(f"API p50 / p99 {verb}", f"≤ {median.get(verb, 0) * 1000:,.0f} / ≤ {after[verb] * 1000:,.0f} ms"
+                                                   f" (p99 before run: {before.get(verb, 0) * 1000:,.0f} ms)")
         console.print(table)
         busiest = sorted(per_pod.items(), key=lambda kv: -kv[1])[:12]
         console.print("API requests per pod during the burst: " + sum(per_pod.values()).__format__(".1f") + " ("

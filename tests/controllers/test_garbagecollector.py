@@ -120,3 +120,26 @@ def test_orphan_leaves_dependents_without_owner_references(cluster: Cluster, cor
     assert answered["metadata"]["deletionTimestamp"]
     eventually(lambda: not exists(cluster, "or-owner2"))
     assert "ownerReferences" not in cluster.json("get", "configmap", "or-child3", "-n", NS)["metadata"]
+
+
+def test_collections_only_the_collector_watches_work_from_metadata(cluster: Cluster, core: client.CoreV1Api) -> None:
+    """No other controller follows Secrets, so the collector's monitor for them keeps metadata only: owners,
+    finalizers and deletion still drive background and orphan deletion."""
+    def secret(name: str, owner: client.V1Secret | None = None) -> client.V1Secret:
+        meta: dict = {"name": name}
+        if owner is not None:
+            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Secret", "name": owner.metadata.name,
+                                        "uid": owner.metadata.uid}]
+        return core.create_namespaced_secret(NS, {"metadata": meta, "stringData": {"k": "v" * 64}})
+
+    def names() -> set[str]:
+        return {s.metadata.name for s in core.list_namespaced_secret(NS).items}
+    doomed = secret("s-owner")
+    secret("s-child", doomed)
+    kept = secret("s-owner2")
+    secret("s-child2", kept)
+    core.delete_namespaced_secret("s-owner", NS)
+    eventually(lambda: "s-child" not in names())
+    core.delete_namespaced_secret("s-owner2", NS, propagation_policy="Orphan")
+    eventually(lambda: "s-owner2" not in names()
+               and not core.read_namespaced_secret("s-child2", NS).metadata.owner_references)

@@ -5,13 +5,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import itertools
 import time
 
 import pytest
 
 from ultraplane.nodes import objects
+from ultraplane.nodes.containers import (
+    Backoff,
+    BackoffPolicy,
+    Container,
+    go_duration,
+    pod_phase,
+    pod_status,
+    timeline,
+)
 from ultraplane.nodes.ipam import Ec2Api, NodeAddresses, ZoneSubnet, zone_subnets
-from ultraplane.nodes.startup import PullModel, image_id, image_repository, image_size_mb, run_plan
+from ultraplane.nodes.shell import exists_at, interpret
+from ultraplane.nodes.startup import PullModel, RunPlan, image_id, image_repository, image_size_mb, run_plan
 from ultraplane.nodes.types import INSTANCE_TYPES, MixError, node_types, parse_mix, spread
 
 
@@ -134,7 +145,7 @@ def test_run_plans() -> None:
         p = run_plan(pod, pod["spec"]["containers"][0])
         return p.seconds, p.exit_code
 
-    assert plan(_pod()) == (None, 0)
+    assert plan(_pod()) == (None, 0)  # the image's entrypoint: a service
     assert plan(_pod("Never", ["sh", "-c", "sleep 3; exit 2"])) == (3.0, 2)
     assert plan(_pod("OnFailure", ["echo", "hi"])) == (1.0, 0)
     assert plan(_pod("Always", ["sleep", "5"], owner="Job")) == (5.0, 0)
@@ -142,6 +153,33 @@ def test_run_plans() -> None:
         == (0.5, 3)
     echo = _pod("Never", ["sh", "-c", "echo 'hello world'"])
     assert run_plan(echo, echo["spec"]["containers"][0]).output == ["hello world"]
+    # commands that end do so under Always too (then the kubelet restarts them)
+    assert plan(_pod("Always", ["sh", "-c", "exit 3"])) == (1.0, 3)
+    assert plan(_pod("Always", ["false"])) == (1.0, 1)
+    assert plan(_pod("Always", ["sleep", "2m"])) == (120.0, 0)
+    assert plan(_pod("Always", ["sleep", "infinity"])) == (None, 0)
+    assert plan(_pod("Always", ["sh", "-c", "while true; do sleep 1; done"])) == (None, 0)
+    assert plan(_pod("Always", ["nginx", "-g", "daemon off;"])) == (None, 0)  # unknown program: a server
+    assert plan(_pod("Never", ["python", "train.py"])) == (1.0, 0)  # unknown program: a batch step
+    assert plan(_pod("Always", ["sh", "-c", "tail -f /dev/null"])) == (None, 0)
+    assert plan(_pod("Never", ["sh", "-c", "false && echo no || exit 4"])) == (1.0, 4)
+    assert plan(_pod("Never", ["sh", "-c", "if true; then sleep 2; fi; exit 5"])) == (2.0, 5)  # fallback
+
+
+def test_shell_files_and_exec_probe_outcomes() -> None:
+    script = ["/bin/sh", "-c", "touch /tmp/healthy; sleep 30; rm -f /tmp/healthy; sleep 600"]
+    done = interpret(script, batch=False)
+    assert done.seconds == 630 and done.files == [(0.0, "/tmp/healthy", True), (30.0, "/tmp/healthy", False)]
+    probe = ["cat", "/tmp/healthy"]
+    assert interpret(probe, exists=exists_at(done.files, 10)).status == 0
+    gone = interpret(probe, exists=exists_at(done.files, 31))
+    assert gone.status == 1 and gone.output == ["cat: can't open '/tmp/healthy': No such file or directory"]
+    assert interpret(["cat", "/etc/nginx/nginx.conf"], exists=exists_at(done.files, 31)).status == 0  # image file
+    assert interpret(["sh", "-c", "test -f /tmp/healthy"], exists=exists_at(done.files, 40)).status == 1
+    assert interpret(["sh", "-c", "[ ! -e /tmp/healthy ]"], exists=exists_at(done.files, 40)).status == 0
+    late = interpret(["sh", "-c", "sleep 5; echo ok > /tmp/ready; sleep 60"], batch=False)
+    assert not exists_at(late.files, 4)("/tmp/ready") and exists_at(late.files, 5)("/tmp/ready")
+    assert interpret(["sh", "-c", "exit 1"]).status == 1 and interpret(["redis-cli", "ping"]).status == 0
 
 
 def test_node_object_and_pod_statuses() -> None:
@@ -156,46 +194,104 @@ def test_node_object_and_pod_statuses() -> None:
                                                                     "kubelet is posting ready status")
     assert node["status"]["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10250}}
     pod = {"metadata": {"name": "p", "namespace": "d", "uid": "u1"},
-           "spec": {"containers": [{"name": "c", "image": "nginx"}]}, "status": {"phase": "Pending"}}
+           "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "nginx"}]},
+           "status": {"phase": "Pending"}}
     creating = objects.creating_status(pod, "10.0.0.10", now)
     assert creating["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
-    running = objects.running_status(pod, "10.0.0.10", "10.1.0.1", now, now, {"nginx": image_id("nginx")}, now)
+    c = Container(pod["spec"]["containers"][0], RunPlan(None), image_id("nginx"))
+    c.start(pod, "10.1.0.1", now, "u1")
+    running = pod_status(pod, [c], pod_phase("Never", [c]), "10.0.0.10", "10.1.0.1", now, creating, now)
+    assert running["phase"] == "Running"
     assert {c["type"]: c["status"] for c in running["conditions"]} == {
         "PodReadyToStartContainers": "True", "Initialized": "True", "Ready": "True", "ContainersReady": "True",
         "PodScheduled": "True"}
     assert running["containerStatuses"][0]["containerID"].startswith("containerd://")
-    done = objects.finished_status(pod, running, 1, now)
+    later = now + dt.timedelta(seconds=5)
+    c.exit(1, later.timestamp())
+    done = pod_status(pod, [c], pod_phase("Never", [c]), "10.0.0.10", "10.1.0.1", now, running, later)
     assert done["phase"] == "Failed"
-    assert done["containerStatuses"][0]["state"]["terminated"]["reason"] == "Error"
+    term = done["containerStatuses"][0]["state"]["terminated"]
+    assert (term["exitCode"], term["reason"], term["finishedAt"]) == (1, "Error", "2026-01-02T03:04:10Z")
+    conditions = {c["type"]: c for c in done["conditions"]}
+    assert conditions["Ready"]["reason"] == "PodFailed" and conditions["PodReadyToStartContainers"]["status"] == "False"
+    assert conditions["Initialized"]["lastTransitionTime"] == "2026-01-02T03:04:05Z"  # unchanged status keeps it
 
 
-def test_readiness_probe_delays_ready_and_patches_clear_stale_reasons() -> None:
-    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    pod = {"metadata": {"name": "p", "namespace": "d", "uid": "u1"},
-           "spec": {"containers": [{"name": "c", "image": "nginx",
-                                    "readinessProbe": {"httpGet": {"port": 80}, "initialDelaySeconds": 4}}]}}
-    assert objects.readiness_delay(pod) == 4.0
-    unready = objects.running_status(pod, "10.0.0.10", "10.1.0.1", now, now, {})
-    ready = {c["type"]: c for c in unready["conditions"]}["Ready"]
-    assert (ready["status"], ready["reason"]) == ("False", "ContainersNotReady")
-    assert unready["phase"] == "Running" and unready["containerStatuses"][0]["ready"] is False
-    patched = objects.condition_patch(objects.running_status(pod, "h", "p", now, now, {}, now)["conditions"])
-    assert {c["type"]: (c["reason"], c["message"]) for c in patched}["Ready"] == (None, None)
+def test_pod_phase_follows_the_kubelet() -> None:
+    def container(state: str, code: int = 0, last: bool = False) -> Container:
+        c = Container({"name": "c"}, RunPlan(None))
+        c.state, c.detail = state, {"exitCode": code} if state == "terminated" else {}
+        c.last = {"terminated": {"exitCode": 1}} if last else {}
+        return c
+
+    assert pod_phase("Always", [container("waiting")]) == "Pending"
+    assert pod_phase("Always", [container("waiting", last=True)]) == "Running"  # CrashLoopBackOff
+    assert pod_phase("Never", [container("terminated", 1), container("running")]) == "Running"
+    assert pod_phase("Never", [container("terminated", 1), container("terminated", 0)]) == "Failed"
+    assert pod_phase("OnFailure", [container("terminated", 0)]) == "Succeeded"
+    assert pod_phase("OnFailure", [container("waiting", last=True), container("terminated", 0)]) == "Running"
+    assert pod_phase("Always", [container("terminated", 0)], terminal=True) == "Succeeded"
+    assert pod_phase("Always", [container("terminated", 137)], terminal=True) == "Failed"
 
 
-def test_on_failure_crash_loop_then_restart() -> None:
-    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    pod = {"metadata": {"name": "p", "namespace": "d", "uid": "u1"},
-           "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "c", "image": "busybox"}]}}
-    running = objects.running_status(pod, "h", "10.1.0.1", now, now, {}, now)
-    crashed = objects.crash_loop_status(running, 2, now, 10, "p", "d", "u1")
-    cs = crashed["containerStatuses"][0]
-    assert crashed["phase"] == "Running" and cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
-    assert cs["state"]["waiting"]["message"] == "back-off 10s restarting failed container=c pod=p_d(u1)"
-    assert cs["lastState"]["terminated"]["exitCode"] == 2 and cs["lastState"]["terminated"]["reason"] == "Error"
-    again = objects.restarted_status(crashed, "u1", now)
-    cs2 = again["containerStatuses"][0]
-    assert cs2["restartCount"] == 1 and "running" in cs2["state"] and cs2["containerID"] != cs["containerID"]
-    assert cs2["lastState"]["terminated"]["exitCode"] == 2
-    killed = objects.finished_status(pod, again, 137, now)
-    assert killed["phase"] == "Failed" and killed["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+def test_back_off_doubles_caps_and_resets() -> None:
+    policy = BackoffPolicy(10, 300)
+    b = Backoff()
+    assert b.wait(policy, 100.0, 100.0) == 0  # first crash: restart at once
+    b.next(policy, 100.0, 100.0)
+    assert b.delay == 10 and b.wait(policy, 101.0, 101.0) == 10  # second: 10 s from its finish
+    delays = []
+    for t in range(200, 2000, 100):
+        b.next(policy, float(t), float(t))
+        delays.append(b.delay)
+    assert delays[:6] == [20, 40, 80, 160, 300, 300]
+    assert b.wait(policy, 1900.0 + 601, 1900.0 + 601) == 0  # ran for more than 2 x max: forgiven
+    b.next(policy, 2501.0, 2501.0)
+    assert b.delay == 10
+    assert [go_duration(s) for s in (10, 80, 300, 0.5, 1.5, 3600)] == ["10s", "1m20s", "5m0s", "500ms", "1.5s",
+                                                                      "1h0m0s"]
+
+
+def _timeline(container: dict, plan: RunPlan, annotations: dict | None = None, grace: int | None = None) -> list:
+    pod = {"metadata": {"name": "p", "annotations": annotations or {}}, "spec": {"containers": [container]}}
+    if grace is not None:
+        pod["spec"]["terminationGracePeriodSeconds"] = grace
+    return list(itertools.islice(timeline(pod, container, plan, "10.1.0.7"), 20))
+
+
+def test_probe_timelines() -> None:
+    # readiness passes at its initial delay; nothing more to say afterwards
+    ready = {"name": "c", "readinessProbe": {"httpGet": {"port": 80}, "initialDelaySeconds": 4}}
+    assert _timeline(ready, RunPlan(None)) == [(4.0, "ready", True)]
+    # the docs' liveness example: probes every 5 s from 5 s; /tmp/healthy is removed at 30 s
+    script = ["/bin/sh", "-c", "touch /tmp/healthy; sleep 30; rm -f /tmp/healthy; sleep 600"]
+    live = {"name": "c", "command": script, "image": "busybox",
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "initialDelaySeconds": 5,
+                              "periodSeconds": 5}}
+    entries = _timeline(live, run_plan({"spec": {}}, live))
+    message = "Liveness probe failed: cat: can't open '/tmp/healthy': No such file or directory\n"
+    assert entries == [(30.0, "unhealthy", message), (35.0, "unhealthy", message), (40.0, "unhealthy", message),
+                       (40.0, "kill", "liveness"), (70.0, "exit", 137)]  # sh ignores SIGTERM: killed after 30 s
+    # an httpGet probe the annotation fails from 10 s, a program that stops on SIGTERM
+    http = {"name": "web", "ports": [{"name": "http", "containerPort": 8080}],
+            "livenessProbe": {"httpGet": {"port": "http", "path": "/healthz"}, "periodSeconds": 10,
+                              "failureThreshold": 1}}
+    refused = ('Liveness probe failed: Get "http://10.1.0.7:8080/healthz": dial tcp 10.1.0.7:8080: '
+               "connect: connection refused")
+    entries = _timeline(http, RunPlan(None), {"ultraplane.io/failing-probes": "web:liveness@10"})
+    assert entries[0] == (10.0, "unhealthy", refused) and entries[1] == (10.0, "kill", "liveness")
+    assert entries[2][1:] == ("exit", 0) and entries[2][0] == pytest.approx(10.1)
+    # a startup probe holds readiness back; a failing one kills the container
+    slow = {"name": "c", "startupProbe": {"tcpSocket": {"port": 5432}, "initialDelaySeconds": 3, "periodSeconds": 2},
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 10}}
+    assert _timeline(slow, RunPlan(None)) == [(3.0, "started", None), (3.0, "ready", True)]
+    failing = {"name": "c", "startupProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1,
+                                             "failureThreshold": 2}}
+    assert [e[1] for e in _timeline(failing, RunPlan(None))] == ["unhealthy", "unhealthy", "kill", "exit"]
+    # readiness that fails keeps reporting; a timed-out exec probe fails
+    flaky = {"name": "c", "readinessProbe": {"exec": {"command": ["sh", "-c", "sleep 5"]}, "periodSeconds": 3}}
+    entries = _timeline(flaky, RunPlan(None))
+    assert entries[0] == (0.0, "unhealthy", 'Readiness probe failed: command "sh -c sleep 5" timed out')
+    assert [e[0] for e in entries[:3]] == [0.0, 3.0, 6.0] and all(e[1] == "unhealthy" for e in entries)
+    # a command that ends just exits
+    assert _timeline({"name": "c"}, RunPlan(2.0, 3)) == [(2.0, "exit", 3)]

@@ -117,7 +117,7 @@ def test_unschedulable_pod_gets_event_and_condition(cluster: Cluster, core: clie
     cond = wait_for(condition, "PodScheduled condition")
     expected = ("0/3 nodes are available: 1 node(s) had untolerated taint {nvidia.com/gpu: present}, "
                 "2 Insufficient cpu. preemption: 0/3 nodes are available: 1 Preemption is not helpful for "
-                "scheduling, 2 No preemption victims found for incoming pod..")
+                "scheduling, 2 No preemption victims found for incoming pod.")
     assert (cond.status, cond.reason, cond.message) == ("False", "Unschedulable", expected)
     failed = wait_for(lambda: [e for e in core.list_namespaced_event("s3").items if e.reason == "FailedScheduling"],
                       "FailedScheduling event")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from ultraplane.scheduler import plugins
 from ultraplane.scheduler.cache import ClusterCache
 from ultraplane.scheduler.core import Algorithm, FitError, nodes_to_find
 from ultraplane.scheduler.model import pod_info, pod_requests
+from ultraplane.scheduler.preemption import Preemption
 from ultraplane.scheduler.quantity import parse_resource
 from ultraplane.scheduler.queue import SchedulingQueue
 
@@ -76,7 +78,7 @@ def test_resources_fit_reasons_and_message() -> None:
     _, algo = cluster(node("a", cpu="1"), node("b", cpu="1", memory="1Gi"), node("c", cpu="4", pods=0))
     message = fit_error(algo, pod("big", cpu="2", memory="2Gi"))
     assert message == ("0/3 nodes are available: 1 Insufficient memory, 1 Too many pods, 2 Insufficient cpu. "
-                       "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod..")
+                       "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.")
 
 
 def test_extended_resources_gpu() -> None:
@@ -90,7 +92,7 @@ def test_node_name_and_unschedulable() -> None:
     assert place(algo, pod("pinned", nodeName="b")) == "b"
     message = fit_error(algo, pod("x", nodeName="cordoned"))
     assert message == ("0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) didn't match the requested "
-                       "node name. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling..")
+                       "node name. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.")
     tolerant = pod("t", nodeName="cordoned",
                    tolerations=[{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}])
     assert place(algo, tolerant) == "cordoned"
@@ -286,7 +288,7 @@ def test_unschedulable_diagnosis_is_reused_until_a_node_frees() -> None:
     evaluated = algo.stats["evaluated"]
     assert fit_error(algo, pod("y", cpu="1")) == first == (
         "0/10 nodes are available: 10 Insufficient cpu. preemption: 0/10 nodes are available: "
-        "10 No preemption victims found for incoming pod..")
+        "10 No preemption victims found for incoming pod.")
     assert algo.stats["evaluated"] == evaluated
     freed = cache.pods["default/p3"].node_name
     cache.remove_pod("default/p3")
@@ -320,3 +322,34 @@ def test_queue_backoff_and_cluster_events(monkeypatch: pytest.MonkeyPatch) -> No
     queue.delete(p.key)
     queue.unschedulable(p)
     assert len(queue) == 0
+
+
+def test_preemption_picks_the_node_with_the_least_important_victims() -> None:
+    cache, algo = cluster(node("a", cpu="2"), node("b", cpu="2"), node("c", cpu="2"))
+    for i, prio in enumerate((500, 500)):  # a: two mid-priority pods
+        cache.upsert_pod(pod(f"a{i}", cpu="1", node_name="a", priority=prio))
+    for i, prio in enumerate((5, 7)):  # b: two low ones: the node to pick
+        cache.upsert_pod(pod(f"b{i}", cpu="1", node_name="b", priority=prio))
+    cache.upsert_pod(pod("c0", cpu="2", node_name="c", priority=5000))  # c: nothing lower than the preemptor
+    preemptor = pod_info(pod("hi", cpu="1", priority=1000))
+    candidate, message = Preemption(cache, {}, random.Random(1)).find(preemptor)
+    assert candidate is not None and message == ""
+    # one victim is enough; the lowest priority goes, the other is reprieved
+    assert (candidate.node, [v.name for v in candidate.victims]) == ("b", ["b0"])
+    cache.nominate(preemptor, "b")
+    cache.remove_pod("default/b0")
+    # the freed room is held for the nominated pod: a lower-priority pod cannot take it
+    assert "3 Insufficient cpu" in fit_error(algo, pod("sneak", cpu="1", priority=10))
+    assert algo.schedule(preemptor) == "b"
+
+
+def test_preemption_prefers_victims_without_budget_violations() -> None:
+    cache, _ = cluster(node("a", cpu="2"))
+    cache.upsert_pod(pod("guarded", cpu="1", node_name="a", priority=1, labels={"app": "db"}))
+    cache.upsert_pod(pod("free", cpu="1", node_name="a", priority=1))
+    pdb = {"metadata": {"namespace": "default", "name": "db"}, "spec": {"selector": {"matchLabels": {"app": "db"}}},
+           "status": {"disruptionsAllowed": 0}}
+    candidate, _ = Preemption(cache, {"default/db": pdb}, random.Random(1)).find(pod_info(pod("hi", cpu="1",
+                                                                                               priority=9)))
+    assert candidate is not None and [v.name for v in candidate.victims] == ["free"]
+    assert candidate.pdb_violations == 0

@@ -6,7 +6,7 @@
    service-account bearer token, anonymous only when enabled; then Impersonate-* headers.
 2. parse the path into kube's RequestInfo (verb, group, version, namespace, resource, name,
    subresource).
-3. authorize: ``system:masters`` may do everything (RBAC comes later); others get kube's 403.
+3. authorize: ``system:masters`` may do everything, then the Node authorizer, then RBAC; else kube's 403.
 4. serve: discovery / openapi / version / health, or the generic registry (registry.py) with the
    resource's Strategy, then encode the result as JSON, a Table or PartialObjectMetadata.
 """
@@ -246,7 +246,8 @@ class ApiServer:
         return self.authn.impersonate(request, requester, check)
 
     def authorize(self, user: User, info: RequestInfo | None, request: Request) -> None:
-        """kube's chain: system:masters (the privileged group), then RBAC (rbac.py); kube's 403 otherwise."""
+        """kube's chain: system:masters (the privileged group), Node (nodeauthz.py), then RBAC (rbac.py); kube's 403
+        otherwise."""
         rbac.current_user.set(user)  # escalation checks on RBAC writes need the requester
         if "system:masters" in user.groups:
             return
@@ -261,8 +262,10 @@ class ApiServer:
             return rbac.Attributes(user.name, tuple(user.groups), request.method.lower(), path=request.path,
                                    resource_request=False)
         # no path for resource requests: RBAC does not read it, and it would split the decision memo
+        selector = request.query.get("fieldSelector", "") if info.verb in ("list", "watch", "deletecollection") \
+            else ""  # the Node authorizer's list/watch scoping (kube's AuthorizeWithSelectors)
         return rbac.Attributes(user.name, tuple(user.groups), info.verb, info.group, info.resource, info.subresource,
-                               info.namespace, info.name)
+                               info.namespace, info.name, field_selector=selector)
 
     # ================================================================ routing
     async def route(self, request: Request, user: User, info_holder: list[RequestInfo | None]) -> Response:
@@ -662,6 +665,11 @@ class ApiServer:
                 raise errors.conflict("", "pods/binding", pod_name,
                                       f'pod {pod_name} is already assigned to node "{current}"')
             pod["spec"]["nodeName"] = target
+            # kube-apiserver's setPodNodeAndMetadata (ClearingNominatedNodeNameAfterBinding, on by default
+            # since 1.35): a bound pod's nomination is stale, whoever set it
+            status = pod.get("status")
+            if isinstance(status, dict):
+                status.pop("nominatedNodeName", None)
             return pod
 
         await self.registry.guaranteed_update(s, ns, pod_name, assign, wo)

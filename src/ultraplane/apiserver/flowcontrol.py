@@ -868,8 +868,7 @@ class FlowControl(Collector):
                 if s.create_handler is not None:
                     continue
                 try:
-                    result = await registry.backend_for(s).list(s.prefix, limit=1)
-                    self.object_counts[s.plural] = result.count
+                    self.object_counts[s.plural] = await registry.backend_for(s).count(s.prefix)
                 except Exception:  # a backend hiccup only delays the estimate
                     log.debug("counting %s failed", s.plural, exc_info=True)
             await asyncio.sleep(1.0)  # counts are bisections in the store: cheap

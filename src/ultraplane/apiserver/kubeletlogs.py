@@ -54,10 +54,9 @@ class KubeletLogSource:
         refusal = kubelet_refusal(pod, container, opts.previous)
         if refusal is not None:
             raise LogUnavailable(refusal)
-        if opts.previous:
-            raise LogUnavailable(f'previous terminated container "{container}" in pod '
-                                 f'"{pod["metadata"]["name"]}" not found')
         query: dict[str, str] = {}
+        if opts.previous:  # the kubelet answers from the container's last terminated instance
+            query["previous"] = "true"
         if opts.follow:
             query["follow"] = "true"
         if opts.timestamps:

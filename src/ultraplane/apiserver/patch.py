@@ -120,11 +120,12 @@ def merge_patch(obj: Any, patch: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- strategic merge patch
-def strategic_merge_patch(obj: Obj, patch: Obj, schema: Obj | None) -> Obj:
-    """Apply a strategic merge patch to ``obj`` (not modified) using the kind's resolved schema."""
+def strategic_merge_patch(obj: Obj, patch: Obj, schema: Obj | None, *, in_place: bool = False) -> Obj:
+    """Apply a strategic merge patch to ``obj`` using the kind's resolved schema. ``obj`` is left as it was
+    unless ``in_place`` (for a caller that owns a fresh copy: a guaranteed update's decoded object)."""
     if not isinstance(patch, dict):
         raise PatchError("json: cannot unmarshal array into Go value of type map[string]interface {}")
-    merged = _merge_map(copy.deepcopy(obj), patch, schema)
+    merged = _merge_map(obj if in_place else copy.deepcopy(obj), patch, schema)
     return merged if merged is not None else {}
 
 

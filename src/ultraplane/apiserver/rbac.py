@@ -5,6 +5,9 @@ loaded once and then kept current from the watch cache (``RbacSync``, rbac_contr
 bindings indexed by subject: a request looks up only the bindings naming its user or one of its
 groups, never the store. Decisions are memoized per (user, groups, attributes) until the next RBAC change.
 
+With ``node`` installed (nodeauthz.py) the chain is kube's ``--authorization-mode=Node,RBAC``: kubelets'
+requests go to the Node authorizer first, and what it does not allow falls through to RBAC.
+
 Rule matching, the allow reason (``RBAC: allowed by ClusterRoleBinding "x" of ClusterRole "y" to
 User "z"``), ``RulesFor`` (SelfSubjectRulesReview, escalation checks) and ``Covers`` follow
 kube's ``pkg/registry/rbac/validation`` and ``plugin/pkg/auth/authorizer/rbac``.
@@ -22,6 +25,8 @@ from ultraplane.apiserver import errors
 GROUP = "rbac.authorization.k8s.io"
 SUPERUSER_GROUP = "system:masters"
 SA_PREFIX = "system:serviceaccount:"
+NODE_USER_PREFIX = "system:node:"  # with NODES_GROUP: users the Node authorizer (nodeauthz.py) decides for first
+NODES_GROUP = "system:nodes"
 DECISION_CACHE_LIMIT = 50_000  # memoized decisions; the memo starts over when full
 
 Obj = dict[str, Any]
@@ -45,6 +50,8 @@ class Attributes:
     name: str = ""
     path: str = ""
     resource_request: bool = True
+    # a list/watch's fieldSelector; only the Node authorizer reads it, so it stays out of the RBAC memo's key
+    field_selector: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -282,6 +289,7 @@ class RbacAuthorizer:
         self.ns_by_subject: dict[tuple[str, tuple[str, str]], set[str]] = {}
         self.decisions: dict[Attributes, Decision] = {}
         self.generation = 0  # bumped on every change
+        self.node: Any = None  # nodeauthz.NodeAuthorizer, before RBAC as kube's --authorization-mode=Node,RBAC
 
     # ---------------------------------------------------------------- state changes
     def _touch(self) -> None:
@@ -371,16 +379,27 @@ class RbacAuthorizer:
 
     # ---------------------------------------------------------------- decisions
     def authorize(self, a: Attributes) -> Decision:
-        """kube's RBACAuthorizer.Authorize (system:masters is the privileged group before it, as in kube)."""
+        """kube's authorizer chain: the privileged group system:masters, the Node authorizer, then RBAC.
+
+        A Node denial is kube's NoOpinion: RBAC still decides, and a refusal carries both reasons
+        (kube's union authorizer joins them with a newline)."""
         if SUPERUSER_GROUP in a.groups:
             return Decision(True)
-        cached = self.decisions.get(a)
-        if cached is not None:
-            return cached
-        decision = self._evaluate(a)
-        if len(self.decisions) >= DECISION_CACHE_LIMIT:
-            self.decisions.clear()
-        self.decisions[a] = decision
+        node_reason = ""
+        if self.node is not None and a.user.startswith(NODE_USER_PREFIX):
+            verdict = self.node.authorize(a)
+            if verdict is not None:
+                if verdict.allowed:
+                    return verdict
+                node_reason = verdict.reason
+        decision = self.decisions.get(a)
+        if decision is None:
+            decision = self._evaluate(a)
+            if len(self.decisions) >= DECISION_CACHE_LIMIT:
+                self.decisions.clear()
+            self.decisions[a] = decision
+        if node_reason and not decision.allowed:
+            return Decision(False, f"{node_reason}\n{decision.reason}" if decision.reason else node_reason)
         return decision
 
     def _evaluate(self, a: Attributes) -> Decision:
@@ -401,11 +420,15 @@ class RbacAuthorizer:
             return Decision(False, f"RBAC: {joined}")
         return Decision(False)
 
-    def rules_for(self, user: str, groups: Sequence[str], namespace: str) -> tuple[list[Rule], list[str]]:
+    def rules_for(self, user: str, groups: Sequence[str], namespace: str, *,
+                  chain: bool = False) -> tuple[list[Rule], list[str]]:
         """kube's RulesFor: every rule granted to the user in the namespace (cluster-wide ones included),
-        and the resolution errors (bindings whose role is missing)."""
+        and the resolution errors (bindings whose role is missing). ``chain``: the whole authorizer chain's
+        answer (SelfSubjectRulesReview), where the Node authorizer cannot list a node's rules."""
         rules: list[Rule] = []
         problems: list[str] = []
+        if chain and self.node is not None and user.startswith(NODE_USER_PREFIX) and NODES_GROUP in groups:
+            problems.append("node authorizer does not support user rule resolution")
         if SUPERUSER_GROUP in groups:
             rules.extend([Rule(("*",), ("*",), ("*",)), Rule(("*",), urls=("*",))])
         for binding in self.applicable(user, groups, namespace):

@@ -242,9 +242,11 @@ def _user_of(spec: Obj) -> tuple[str, tuple[str, ...]]:
 def review_attributes(spec: Obj, user: str, groups: tuple[str, ...]) -> Attributes:
     res = spec.get("resourceAttributes")
     if res is not None:
+        selector = res.get("fieldSelector") if isinstance(res.get("fieldSelector"), dict) else {}
         return Attributes(user, groups, str(res.get("verb", "")), str(res.get("group", "")),
                           str(res.get("resource", "")), str(res.get("subresource", "")),
-                          str(res.get("namespace", "")), str(res.get("name", "")))
+                          str(res.get("namespace", "")), str(res.get("name", "")),
+                          field_selector=str(selector.get("rawSelector") or ""))
     non = spec.get("nonResourceAttributes") or {}
     return Attributes(user, groups, str(non.get("verb", "")), path=str(non.get("path", "")), resource_request=False)
 
@@ -307,7 +309,7 @@ def review_handlers(authz: RbacAuthorizer) -> dict[str, Callable[[Obj, Any], Obj
 
     def self_rules(review: Obj, user: Any) -> Obj:
         namespace = str((review.get("spec") or {}).get("namespace") or "")
-        rules, problems = authz.rules_for(user.name, user.groups, namespace)
+        rules, problems = authz.rules_for(user.name, user.groups, namespace, chain=True)
         resource_rules, url_rules = [], []
         for r in rules:
             if r.urls:

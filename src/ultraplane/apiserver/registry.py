@@ -507,8 +507,62 @@ def event_object(ev: CachedEvent, s: Strategy, previous: bool = False) -> Obj | 
     return view
 
 
+# id(schema node) -> (node, (properties, additionalProperties, items)) or (node, None) where nothing is checked
+_SCHEMA_SHAPES: dict[int, tuple[Any, tuple[Any, Any, Any] | None]] = {}
+
+
+def _shape(schema: Any) -> tuple[Any, Any, Any] | None:
+    hit = _SCHEMA_SHAPES.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    node = schema
+    shape: tuple[Any, Any, Any] | None = None
+    while isinstance(node, dict) and not node.get("x-kubernetes-preserve-unknown-fields"):
+        if "allOf" in node and "properties" not in node:
+            parts = [p for p in node["allOf"] if isinstance(p, dict)]
+            if len(parts) != 1:
+                break
+            node = parts[0]
+            continue
+        items = node.get("items")
+        shape = (node.get("properties"), node.get("additionalProperties"), items if isinstance(items, dict) else None)
+        break
+    _SCHEMA_SHAPES[id(schema)] = (schema, shape)
+    return shape
+
+
+def _has_unknown(value: Any, schema: Any) -> bool:
+    """unknown_fields(value, schema) != [], without building paths: every write checks the whole object."""
+    shape = _shape(schema)
+    if shape is None:
+        return False
+    props, extra, items = shape
+    if type(value) is dict:
+        if props is None and extra is None:
+            return False
+        for key, item in value.items():
+            if props is not None:
+                sub = props.get(key, _has_unknown)  # the function itself as the "absent" marker
+                if sub is not _has_unknown:
+                    if (type(item) is dict or type(item) is list) and _has_unknown(item, sub):
+                        return True
+                    continue
+            if isinstance(extra, dict):
+                if (type(item) is dict or type(item) is list) and _has_unknown(item, extra):
+                    return True
+            elif not (extra is True or props is None):
+                return True
+    elif type(value) is list and items is not None:
+        for item in value:
+            if (type(item) is dict or type(item) is list) and _has_unknown(item, items):
+                return True
+    return False
+
+
 def unknown_fields(value: Any, schema: dict[str, Any] | None, path: str = "") -> list[str]:
     """Paths of fields the schema does not declare (kube's strict decoding), e.g. ``spec.containers[0].foo``."""
+    if not path and not _has_unknown(value, schema):
+        return []
     if not isinstance(schema, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
         return []
     if "allOf" in schema and "properties" not in schema:
@@ -608,6 +662,11 @@ class Registry:
         # per resource plural, run on updates after prepare_update (new, current): returns None or an object with
         # async undo() (the write failed or changed nothing) and finish() (it was stored), e.g. NodePorts
         self.update_admission: dict[str, Callable[[Obj, Obj], Awaitable[Any]]] = {}
+        # validating admission on every write (kube's NodeRestriction, noderestriction.py): called with (operation
+        # CREATE|UPDATE|DELETE, strategy, namespace, name, subresource, new object, old object); raises an
+        # ApiError to refuse, or returns an awaitable for a check that reads other objects, else None
+        self.write_admission: list[Callable[[str, Strategy, str, str, str, Obj | None, Obj | None],
+                                            Awaitable[None] | None]] = []
         # per resource plural, run after an object is deleted from the store (e.g. releasing its ClusterIP)
         self.on_deleted: dict[str, Callable[[Obj], Awaitable[None]]] = {}
         self._ns_tasks: set[asyncio.Task[None]] = set()
@@ -704,6 +763,21 @@ class Registry:
             raise errors.not_found(s.group, s.plural, name)
         return self.decode(s, stored.value, stored.mod_revision, stored.key), stored.mod_revision
 
+    async def read_twice(self, s: Strategy, namespace: str, name: str) -> tuple[Obj, Obj, int]:
+        """Two independent decodings of the stored object: the current state and a copy to mutate. Decoding
+        the bytes again is several times cheaper than deep-copying the decoded object."""
+        _, stored = await self.backend_for(s).get(s.key(namespace, name))
+        if stored is None:
+            raise errors.not_found(s.group, s.plural, name)
+        raw = stored.value
+        if self.encryption is not None and raw.startswith(b"k8s:enc:"):
+            raw = self.decrypt(s, stored.key, raw)
+        rev = stored.mod_revision
+        first, second = decode(raw, rev), decode(raw, rev)
+        if s.from_storage is not None:
+            first, second = s.from_storage(first), s.from_storage(second)
+        return first, second, rev
+
     async def get(self, s: Strategy, namespace: str, name: str) -> Obj:
         return (await self.read(s, namespace, name))[0]
 
@@ -770,6 +844,14 @@ class Registry:
         return {"kind": s.list_kind, "apiVersion": s.api_version, "metadata": meta, "items": items}
 
     # ------------------------------------------------------------------ create
+    def admit_write(self, op: str, s: Strategy, namespace: str, name: str, subresource: str, new: Obj | None,
+                    old: Obj | None) -> Awaitable[None] | None:
+        """Runs the write_admission checks; an awaitable when one must read other objects (callers await it),
+        so a write by anyone else costs no coroutine."""
+        pending = [p for check in self.write_admission
+                   if (p := check(op, s, namespace, name, subresource, new, old)) is not None]
+        return asyncio.gather(*pending) if pending else None  # type: ignore[return-value]
+
     async def namespace_must_exist(self, s: Strategy, namespace: str, name: str) -> None:
         if not s.namespaced:
             return
@@ -859,6 +941,9 @@ class Registry:
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(secrets.choice(GENERATE_NAME_CHARS) for _ in range(5))
         await self.namespace_must_exist(s, namespace, meta.get("name", ""))
+        admitting = self.admit_write("CREATE", s, namespace, meta.get("name", ""), "", obj, None)
+        if admitting is not None:
+            await admitting
         for transient in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
             meta.pop(transient, None)
         meta["uid"] = str(uuid.uuid4())
@@ -924,12 +1009,16 @@ class Registry:
         backend = self.backend_for(s)
         key = s.key(namespace, name)
         for _attempt in range(32):
-            current, mod_rev = await self.read(s, namespace, name)
-            new = mutate(copy.deepcopy(current))
+            current, fresh, mod_rev = await self.read_twice(s, namespace, name)
+            new = mutate(fresh)
             self.check_type(s, new)
             rv = precondition_rv or str(new["metadata"].get("resourceVersion") or "")
             if rv and rv != str(mod_rev):
                 raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
+            # admission sees the object as submitted, before the strategy resets what a subresource cannot change
+            admitting = self.admit_write("UPDATE", s, namespace, name, subresource, new, current)
+            if admitting is not None:
+                await admitting
             new = self.prepare_update(s, new, current, subresource)
             hook = self.update_admission.get(s.plural) if not subresource else None
             change = await hook(new, current) if hook is not None else None
@@ -992,7 +1081,8 @@ class Registry:
         cur_meta = current["metadata"]
         if subresource == "status":
             # only status changes through /status (plus nothing else kube lets through)
-            merged = copy.deepcopy(current)
+            # current is not used after this write, so the merged object may share its spec
+            merged = {**current, "metadata": dict(cur_meta)}
             if "status" in new:
                 merged["status"] = new["status"]
             else:
@@ -1065,8 +1155,8 @@ class Registry:
         elif ctype == "application/strategic-merge-patch+json" and not s.custom:
             schema = self.schema_for(s)
 
-            def apply_patch(obj: Obj) -> Obj:
-                return patchlib.strategic_merge_patch(obj, document, schema)
+            def apply_patch(obj: Obj) -> Obj:  # obj is guaranteed_update's own fresh copy
+                return patchlib.strategic_merge_patch(obj, document, schema, in_place=True)
         else:
             raise errors.ApiError(errors.status(
                 415, "UnsupportedMediaType",
@@ -1205,6 +1295,9 @@ class Registry:
         preconditions = options.get("preconditions") or {}
         for _attempt in range(32):
             current, mod_rev = await self.read(s, namespace, name)
+            admitting = self.admit_write("DELETE", s, namespace, name, "", None, current)
+            if admitting is not None:
+                await admitting
             meta = current["metadata"]
             if preconditions.get("uid") and preconditions["uid"] != meta.get("uid"):
                 raise errors.conflict(s.group, s.plural, name, f"Precondition failed: UID in precondition: "

@@ -138,6 +138,15 @@ def default_container(c: dict[str, Any]) -> None:
     if c.get("image"):
         c.setdefault("imagePullPolicy", image_pull_policy(c["image"]))
     c.setdefault("resources", {})
+    for kind in ("livenessProbe", "readinessProbe", "startupProbe"):  # SetDefaults_Probe, _HTTPGetAction
+        probe = c.get(kind)
+        if isinstance(probe, dict):
+            for field_name, value in (("timeoutSeconds", 1), ("periodSeconds", 10), ("successThreshold", 1),
+                                      ("failureThreshold", 3)):
+                probe.setdefault(field_name, value)
+            if isinstance(probe.get("httpGet"), dict):
+                probe["httpGet"].setdefault("path", "/")
+                probe["httpGet"].setdefault("scheme", "HTTP")
     for port in c.get("ports") or []:
         port.setdefault("protocol", "TCP")
     for env in c.get("env") or []:
@@ -237,9 +246,11 @@ def pod_row(obj: Obj, now: dt.datetime) -> list[Any]:
     total = len(spec.get("containers") or [])
     ready = 0
     restarts = 0
+    last_restart = ""  # the newest lastState.terminated.finishedAt: RESTARTS shows "N (5s ago)"
     reason = status.get("reason") or status.get("phase") or ""
     for cs in status.get("containerStatuses") or []:
         restarts += int(cs.get("restartCount") or 0)
+        last_restart = max(last_restart, ((cs.get("lastState") or {}).get("terminated") or {}).get("finishedAt") or "")
         state = cs.get("state") or {}
         if (state.get("waiting") or {}).get("reason"):
             reason = state["waiting"]["reason"]
@@ -255,26 +266,24 @@ def pod_row(obj: Obj, now: dt.datetime) -> list[Any]:
         gates_text = f"{sum(1 for g in gates if conds.get(g.get('conditionType')) == 'True')}/{len(gates)}"
     else:
         gates_text = "<none>"
-    return [obj["metadata"]["name"], f"{ready}/{total}", reason, str(restarts), age(obj, now),
+    restarts_text = str(restarts)
+    if restarts and last_restart:
+        try:
+            restarts_text = f"{restarts} ({since(last_restart, now)} ago)"
+        except ValueError:  # not a timestamp the printer can read
+            pass
+    return [obj["metadata"]["name"], f"{ready}/{total}", reason, restarts_text, age(obj, now),
             status.get("podIP") or "<none>", spec.get("nodeName") or "<none>",
             status.get("nominatedNodeName") or "<none>", gates_text]
 
 
 # ============================================================================ services
 class ClusterIPAllocator:
-    """Hands out service ClusterIPs from the service CIDR; the registry tells it which are taken."""
+    """The service CIDR: its first IP (the kubernetes service, the serving certificate's SAN) and membership.
+    ClusterIPs themselves are reserved by servicealloc.ServiceAllocator."""
 
     def __init__(self, cidr: str = "10.96.0.0/12") -> None:
         self.network = ipaddress.ip_network(cidr)
-        self.reserved: set[str] = set()
-
-    def allocate(self, taken: set[str]) -> str:
-        for ip in self.network.hosts():
-            text = str(ip)
-            if text not in taken and text not in self.reserved:
-                self.reserved.add(text)
-                return text
-        raise RuntimeError(f"range is full: no free IP in {self.network}")
 
     def first(self) -> str:
         return str(next(self.network.hosts()))

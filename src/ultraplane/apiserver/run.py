@@ -16,8 +16,11 @@ from ultraplane.apiserver import (
     crd,
     errors,
     flowcontrol,
+    nodeauthz,
+    noderestriction,
     podlogs,
     policy,
+    priority,
     rbac,
     rbac_api,
     rbac_controller,
@@ -157,6 +160,7 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
                      *rbac_api.strategies(authz)]:
         registry.register(strategy)
     disruption = policy.install(registry)
+    priorities = priority.install(registry)  # kube's Priority admission plugin and PriorityClass validation
     signing_key = cfg.service_account_signing_key_file or (str(files.sa_key) if files.sa_key else None)
     authenticator, sa_tokens = satokens.install(
         registry, tokens=load_token_file(cfg.token_file), anonymous=cfg.anonymous,
@@ -168,7 +172,11 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
     await registry.start()
     app = ApiServer(registry, tokens=authenticator.tokens, anonymous=cfg.anonymous,
                     address=f"{cfg.host}:{cfg.port}", authenticator=authenticator)
-    app.subresource_handlers[("serviceaccounts", "token")] = sa_tokens.serve_token_request
+    # kube's --enable-admission-plugins=NodeRestriction: what a kubelet writes must be its own
+    restriction = noderestriction.NodeRestriction(registry)
+    registry.write_admission.append(restriction.check)
+    app.subresource_handlers[("serviceaccounts", "token")] = restriction.guard_token_request(
+        sa_tokens.serve_token_request)
     app.path_handlers.update(satokens.openid_handlers(sa_tokens.keys, f"{cfg.host}:{cfg.port}",
                                                       cfg.service_account_jwks_uri))
     await asyncio.get_running_loop().run_in_executor(None, app.load_schemas)
@@ -177,9 +185,13 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
     # kube-apiserver proxies to the node's kubelet; nodes without one read the in-memory source
     kubelet_logs = KubeletLogSource(registry, log_source, files.admin_cert, files.admin_key)
     app.subresource_handlers[("pods", "log")] = podlogs.PodLogs(registry, kubelet_logs).serve
-    app.subresource_handlers[("pods", "eviction")] = disruption.serve
+    app.subresource_handlers[("pods", "eviction")] = restriction.guard_eviction(disruption.serve)
     await bootstrap(registry, allocator, cfg.host, cfg.port)
+    await priority.bootstrap(registry)  # kube's scheduling/bootstrap-system-priority-classes hook
+    priority_task = await priorities.start()  # the classes pod creates read, kept from the watch cache
     rbac_task = await rbac_controller.start_rbac(registry, authz)  # kube's rbac/bootstrap-roles hook
+    # kube's --authorization-mode=Node,RBAC: the Node authorizer's graph is loaded before the first request
+    authz.node, node_graph_task = await nodeauthz.start_node_authorizer(registry)
     app.authorizer = authz
     flow = await start_flowcontrol(registry, cfg)
     if cfg.priority_and_fairness:
@@ -187,7 +199,7 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
     background = [asyncio.ensure_future(flow.run(registry)), asyncio.ensure_future(authenticator.run()),
                   asyncio.ensure_future(satokens.LegacyTokenController(registry, sa_tokens,
                                                                        files.ca_cert.read_bytes()).run())]
-    background.append(rbac_task)
+    background += [rbac_task, node_graph_task, priority_task]
     await service_alloc.repair()  # kube's repair controllers run once before serving, then periodically
     background.append(asyncio.ensure_future(service_alloc.run_repair()))
     if crds.task is not None:

@@ -97,6 +97,11 @@ class Backend(Protocol):
         """Keys under prefix from ``start`` (inclusive; empty = the prefix itself), at ``revision`` (0 = now)."""
         ...
 
+    async def count(self, prefix: bytes) -> int:
+        """How many keys are under prefix now: an estimate for APF and metrics (kine's Count), not a read at a
+        revision, so it may include writes still on their way to the journal."""
+        ...
+
     async def create(self, key: bytes, value: bytes) -> int:
         """Store a new key; raises KeyExists. Returns the new revision."""
         ...
@@ -183,6 +188,9 @@ class InProcessBackend:
             raise FutureRevision(str(exc)) from exc
         items = [StoredValue(kv.key, kv.value, kv.create_revision, kv.mod_revision) for kv in res.kvs]
         return ListResult(items, res.more, count, res.revision)
+
+    async def count(self, prefix: bytes) -> int:
+        return self.store.count_live(prefix, prefix_end(prefix))
 
     async def create(self, key: bytes, value: bytes) -> int:
         self.check_size(key, value)
@@ -327,6 +335,12 @@ class EtcdBackend:
                 raise FutureRevision(detail) from exc
             raise
         return ListResult([self._value(kv) for kv in res.kvs], res.more, count, res.header.revision)
+
+    async def count(self, prefix: bytes) -> int:
+        from ultraplane.etcd.proto import rpc_pb2
+
+        res = await self._kv.Range(rpc_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True))
+        return int(res.count)
 
     async def create(self, key: bytes, value: bytes) -> int:
         from ultraplane.etcd.proto import rpc_pb2

@@ -34,6 +34,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--node-monitor-grace-period", default="40s",
                         help="how long a node may miss heartbeats before it is marked NotReady (kube's flag)")
     parser.add_argument("--node-monitor-period", default="5s", help="how often node health is checked")
+    # kube-controller-manager's node lifecycle flags, with its defaults and (shortened) help
+    parser.add_argument("--node-eviction-rate", type=float, default=0.1,
+                        help="number of nodes per second on which pods are deleted in case of node failure when a "
+                             "zone is healthy (see --unhealthy-zone-threshold)")
+    parser.add_argument("--secondary-node-eviction-rate", type=float, default=0.01,
+                        help="the same when a zone is unhealthy; implicitly 0 for zones of at most "
+                             "--large-cluster-size-threshold nodes")
+    parser.add_argument("--unhealthy-zone-threshold", type=float, default=0.55,
+                        help="fraction of nodes in a zone which needs to be not Ready (minimum 3) for the zone to "
+                             "be treated as unhealthy")
+    parser.add_argument("--large-cluster-size-threshold", type=int, default=50,
+                        help="number of nodes (per zone) from which the eviction logic treats the cluster as large")
     parser.add_argument("--terminated-pod-gc-threshold", type=int, default=12500,
                         help="terminated pods kept before the oldest are deleted (kube's flag; <= 0 disables)")
     parser.add_argument("--root-ca-file", default=None,
@@ -72,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         options = ManagerOptions(
             node_monitor_grace_period=parse_duration(args.node_monitor_grace_period),
             node_monitor_period=parse_duration(args.node_monitor_period),
+            node_eviction_rate=args.node_eviction_rate,
+            secondary_node_eviction_rate=args.secondary_node_eviction_rate,
+            unhealthy_zone_threshold=args.unhealthy_zone_threshold,
+            large_cluster_size_threshold=args.large_cluster_size_threshold,
             terminated_pod_gc_threshold=args.terminated_pod_gc_threshold,
             root_ca=Path(args.root_ca_file).read_bytes() if args.root_ca_file else kubeconfig_ca(args.kubeconfig))
     except (OSError, ValueError, yaml.YAMLError) as exc:
@@ -86,7 +102,7 @@ async def serve(kubeconfig: str, names: list[str], registry: dict, options: obje
     from ultraplane.controllers.manager import ControllerManager, ManagerOptions
 
     assert isinstance(options, ManagerOptions)
-    client = await KubeClient.from_kubeconfig(kubeconfig, max_connections=32)
+    client = await KubeClient.from_kubeconfig(kubeconfig, max_connections=128)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

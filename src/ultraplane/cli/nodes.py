@@ -58,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--kubelet-port", type=int, default=0, help="port of the kubelet endpoint (0: any)")
     parser.add_argument("--events", default="true", choices=["true", "false"],
                         help="write the kubelet's pod events (Pulling, Pulled, Created, Started, Killing, BackOff)")
+    parser.add_argument("--crash-loop-backoff", type=float, default=10.0, metavar="SECONDS",
+                        help="first container restart back-off (the kubelet's 10s), doubling on each crash")
+    parser.add_argument("--max-container-restart-period", type=float, default=300.0, metavar="SECONDS",
+                        help="longest container restart back-off (kubelet's 5m; its back-off resets after twice this)")
     parser.add_argument("--kill", metavar="NODE", help="stop NODE's kubelet in its running simulator, then exit")
     parser.add_argument("--revive", metavar="NODE", help="restart NODE's kubelet in its running simulator")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "panic", "fatal"])
@@ -145,6 +149,7 @@ def admin_action(kubeconfig: str, node: str, action: str) -> int:
 
 async def serve(args: argparse.Namespace, types: list) -> int:
     from ultraplane.client.http import KubeClient
+    from ultraplane.nodes.containers import BackoffPolicy
     from ultraplane.nodes.ipam import Ec2Api
     from ultraplane.nodes.kubelet import KubeletServer
     from ultraplane.nodes.sim import NodeSimulator, SimConfig
@@ -156,6 +161,7 @@ async def serve(args: argparse.Namespace, types: list) -> int:
                     status_report_interval=args.node_status_report_frequency, concurrency=args.concurrency,
                     kubelet_host=args.kubelet_address, kubelet_port=args.kubelet_port, events=args.events == "true",
                     pull=PullModel(args.download_mbps, args.unpack_mbps, args.parallel_unpack == "true"),
+                    backoff=BackoffPolicy(args.crash_loop_backoff, args.max_container_restart_period),
                     ec2=Ec2Api(args.ec2_latency, args.ec2_qps, args.ec2_burst))
     ca, _, _ = kubeconfig_material(args.kubeconfig)
     # one keep-alive connection per write in flight (HTTP/1.1 serves one request at a time), plus the watch

@@ -42,7 +42,7 @@ async def serve(kubeconfig: str, scheduler_name: str, percentage: int, leader_el
     from ultraplane.scheduler.leader import LeaderElector
     from ultraplane.scheduler.service import Scheduler
 
-    client = await KubeClient.from_kubeconfig(kubeconfig)
+    client = await KubeClient.from_kubeconfig(kubeconfig, max_connections=64)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     write_kubeconfig(kubeconfig, f"https://{args.host}:{args.secure_port}", files)
 
     def announce() -> None:
+        from ultraplane.cli.main import freeze_startup_heap
+
+        freeze_startup_heap()
         console = Console(stderr=True)
         console.print(f"[bold green]ultraplane is up[/] — Kubernetes API at https://{args.host}:{args.secure_port}, "
                       f"etcd v3 API at https://{args.host}:{args.etcd_port}")

@@ -3,7 +3,9 @@
 It lists, then watches from the list's resourceVersion with bookmarks, keeps every object in a dict
 keyed "namespace/name" (or "name"), and calls the handlers for each change. A 410 Gone (or any ERROR
 event) relists and turns the difference into add/update/delete calls, so handlers never miss a state,
-as client-go's DeltaFIFO Replace does. Handlers may be plain functions or coroutines.
+as client-go's DeltaFIFO Replace does. Handlers may be plain functions or coroutines. An optional
+`transform` (client-go's SetTransform) turns each object before it is stored and handed out, e.g. to keep
+only its metadata.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ Obj = dict[str, Any]
 Handler = Callable[..., Any]
 
 
+def drop_managed_fields(obj: Obj) -> Obj:
+    """A transform for caches whose readers never look at metadata.managedFields (often a third of an
+    object): kube-controller-manager's informer factory drops them the same way."""
+    (obj.get("metadata") or {}).pop("managedFields", None)
+    return obj
+
+
 def object_key(obj: Obj) -> str:
     meta = obj.get("metadata") or {}
     namespace = meta.get("namespace")
@@ -30,8 +39,9 @@ def object_key(obj: Obj) -> str:
 
 class Informer:
     def __init__(self, client: KubeClient, path: str, params: dict[str, str] | None = None,
-                 page_size: int = 0) -> None:
+                 page_size: int = 0, transform: Callable[[Obj], Obj] | None = None) -> None:
         self.client = client
+        self.transform = transform
         self.path = path
         self.params = dict(params or {})
         self.page_size = page_size
@@ -112,6 +122,8 @@ class Informer:
             if self.kind:
                 item.setdefault("kind", self.kind)
                 item.setdefault("apiVersion", api_version)
+            if self.transform is not None:
+                item = self.transform(item)
             fresh[object_key(item)] = item
         old = self.store
         self.store = fresh
@@ -141,6 +153,8 @@ class Informer:
                 self.resource_version = version
             if kind == "BOOKMARK":
                 continue
+            if self.transform is not None:
+                obj = self.transform(obj)
             key = object_key(obj)
             if kind == "ADDED" or kind == "MODIFIED":
                 previous = self.store.get(key)

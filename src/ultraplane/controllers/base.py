@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ultraplane.client.http import KubeClient
-from ultraplane.client.informer import Informer, object_key
+from ultraplane.client.informer import Informer, drop_managed_fields, object_key
 
 log = logging.getLogger("ultraplane.controllers")
 Obj = dict[str, Any]
@@ -31,8 +31,8 @@ class InformerFactory:
     def informer(self, path: str, params: dict[str, str] | None = None) -> Informer:
         key = (path, tuple(sorted((params or {}).items())))
         found = self.informers.get(key)
-        if found is None:
-            found = self.informers[key] = Informer(self.client, path, params)
+        if found is None:  # no controller reads managedFields: they stay out of the caches, as in kube
+            found = self.informers[key] = Informer(self.client, path, params, transform=drop_managed_fields)
         return found
 
     async def start(self) -> None:

@@ -24,6 +24,7 @@ from ultraplane.controllers.deployment import normalized, scaled_value
 from ultraplane.controllers.podcontrol import (
     EventRecorder,
     Expectations,
+    OwnedPodHandlers,
     claim,
     controller_ref,
     is_available,
@@ -31,7 +32,6 @@ from ultraplane.controllers.podcontrol import (
     is_terminating,
     namespace_index,
     now_utc,
-    owner_key,
     owner_ref,
     phase,
     pod_from_template,
@@ -147,8 +147,9 @@ def target_node(pod: Obj) -> str | None:
     return None
 
 
-class DaemonSetController(Controller):
+class DaemonSetController(OwnedPodHandlers, Controller):
     name = "daemonset"
+    owner_kind = "DaemonSet"
     component = "daemonset-controller"
     workers = 2
 
@@ -167,26 +168,6 @@ class DaemonSetController(Controller):
                               lambda ds: self.expectations.forget(object_key(ds)))
         self.pods.add_handler(self._pod_added, lambda old, new: self._pod_changed(new), self._pod_deleted)
         self.nodes.add_handler(self._node_changed, self._node_updated, self._node_changed)
-
-    def _owner_key(self, pod: Obj) -> str | None:
-        return owner_key(pod, "DaemonSet")
-
-    def _pod_added(self, pod: Obj) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.expectations.creation_observed(key)
-            self.queue.add(key)
-
-    def _pod_changed(self, pod: Obj) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.queue.add(key)
-
-    def _pod_deleted(self, pod: Obj) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.expectations.deletion_observed(key, object_key(pod))
-            self.queue.add(key)
 
     def _node_changed(self, node: Obj) -> None:
         for ds in self.sets.list():
@@ -208,7 +189,8 @@ class DaemonSetController(Controller):
             selector = label_selector_from_dict(ds["spec"].get("selector"))
         except SelectorError:
             return
-        pods = await claim(self.client, ds, "apps/v1", "DaemonSet", self.pods_by_ns.list(ns), selector,
+        pods = await claim(self.client, ds, "apps/v1", "DaemonSet",
+                           self.pods_by_ns.claim_candidates(ns, ds["metadata"]["uid"]), selector,
                            lambda p: f"/api/v1/namespaces/{ns}/pods/{p['metadata']['name']}",
                            lambda: self.client.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"))
         digest = await self.revision(ds)

@@ -307,7 +307,7 @@ class DeploymentController(Controller):
             selector = label_selector_from_dict(selector_dict)
         except SelectorError:
             return
-        candidates = [self.freshest(rs) for rs in self.sets_by_ns.list(ns)]
+        candidates = [self.freshest(rs) for rs in self.sets_by_ns.claim_candidates(ns, d["metadata"]["uid"])]
         sets = await claim(self.client, d, "apps/v1", "Deployment", candidates, selector,
                            lambda rs: f"/apis/apps/v1/namespaces/{ns}/replicasets/{rs['metadata']['name']}",
                            lambda: self.client.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}"))
@@ -706,11 +706,7 @@ class Rollout:
     def old_pods_running(self, old: list[Obj]) -> bool:
         if sum(status_int(rs, "replicas") for rs in old) > 0:
             return True
-        uids = {rs["metadata"]["uid"] for rs in old}
-        for pod in self.c.pods_by_ns.list(self.ns):
-            ref = controller_ref(pod)
-            if ref is None or ref.get("uid") not in uids:
-                continue
+        for pod in (p for rs in old for p in self.c.pods_by_ns.owned_by(rs["metadata"]["uid"])):
             if phase(pod) in ("Failed", "Succeeded"):
                 continue
             return True

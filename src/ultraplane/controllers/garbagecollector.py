@@ -18,17 +18,23 @@ A work queue of uids does what kube's attemptToDelete and attemptToOrphan worker
 
 Patches are JSON patches with `test` operations (uid, and the list being replaced), so they work on
 custom resources and never overwrite a concurrent change: a failed test is retried from the fresh cache.
+
+Like kube's metadata-only informers, the collector keeps no more than metadata: a collection another
+controller already follows (pods, replicasets, ...) is read from that shared informer at no extra cost;
+any other gets a monitor of its own that keeps only what the graph needs (uid, name, namespace,
+ownerReferences, finalizers, deletionTimestamp, resourceVersion, kind/apiVersion). Graph nodes have slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 from ultraplane.client.http import JSON_PATCH, ApiError, KubeClient
-from ultraplane.client.informer import Informer, object_key
+from ultraplane.client.informer import Informer
 from ultraplane.controllers.base import InformerFactory, WorkQueue
 from ultraplane.controllers.discovery import Resource, by_kind, discover, group_of
 
@@ -39,17 +45,33 @@ REDISCOVERY_S = 30.0
 ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
 ABSENT_CACHE_SIZE = 500  # kube's absentOwnerCache size
+KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "ownerReferences", "finalizers", "deletionTimestamp")
 
 
-@dataclass
+def metadata_only(obj: Obj) -> Obj:
+    """What the collector needs of an object (kube's GC watches PartialObjectMetadata)."""
+    meta = obj.get("metadata") or {}
+    slim: Obj = {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
+    if "kind" in obj:  # interned: one string for all objects of a kind
+        slim["kind"] = sys.intern(obj["kind"])
+    if "apiVersion" in obj:
+        slim["apiVersion"] = sys.intern(obj["apiVersion"])
+    return slim
+
+
+@dataclass(slots=True)
 class Node:
     resource: Resource
-    key: str  # "ns/name" in the resource's informer
     namespace: str
     name: str
-    owners: list[Obj] = field(default_factory=list)
+    owners: list[Obj]
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The object's key in its resource's informer ("ns/name" or "name")."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
 def _state(meta: Obj) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
@@ -66,6 +88,7 @@ class GarbageCollector:
         self.informers = informers
         self.queue = WorkQueue()
         self.monitors: dict[tuple[str, str], Informer] = {}
+        self.own: list[Informer] = []  # the metadata-only monitors we started (not shared)
         self.kinds: dict[tuple[str, str], Resource] = {}
         self.nodes: dict[str, Node] = {}
         self.dependents: dict[str, set[str]] = {}
@@ -83,7 +106,11 @@ class GarbageCollector:
             ident = (resource.group, resource.plural)
             if ident in self.monitors:
                 continue
-            informer = self.informers.informer(resource.collection())
+            # a full informer another controller already follows costs nothing more; otherwise metadata only
+            informer = self.informers.informers.get((resource.collection(), ()))
+            if informer is None:
+                informer = Informer(self.client, resource.collection(), transform=metadata_only)
+                self.own.append(informer)
             informer.add_handler(lambda obj, r=resource: self.observe(r, obj),
                                  lambda old, new, r=resource: self.observe(r, new),
                                  lambda obj, r=resource: self.forget(obj))
@@ -110,7 +137,7 @@ class GarbageCollector:
                             "finalizers": list(node.finalizers)}) if node else None
         owners = list(meta.get("ownerReferences") or [])
         if node is None:
-            node = self.nodes[uid] = Node(resource, object_key(obj), meta.get("namespace", ""), meta.get("name", ""))
+            node = self.nodes[uid] = Node(resource, meta.get("namespace", ""), meta.get("name", ""), [])
         for ref in node.owners:
             self._unlink(ref.get("uid", ""), uid)
         node.owners = owners
@@ -169,6 +196,8 @@ class GarbageCollector:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             self.queue.shutdown()
+            if stop.is_set():  # shutting down; a run that failed is restarted and keeps its monitors
+                await asyncio.gather(*(informer.stop() for informer in self.own), return_exceptions=True)
 
     async def _worker(self) -> None:
         while True:

@@ -25,13 +25,13 @@ from ultraplane.controllers.base import Controller, InformerFactory
 from ultraplane.controllers.podcontrol import (
     EventRecorder,
     Expectations,
+    OwnedPodHandlers,
     claim,
     controller_ref,
     is_ready,
     is_terminating,
     namespace_index,
     now_utc,
-    owner_key,
     parse_time,
     phase,
     pod_from_template,
@@ -88,8 +88,9 @@ def pod_index(pod: Obj) -> int | None:
         return None
 
 
-class JobController(Controller):
+class JobController(OwnedPodHandlers, Controller):
     name = "job"
+    owner_kind = "Job"
     component = "job-controller"
     workers = 4
     pod_failure_backoff = 10.0  # kube's DefaultJobPodFailureBackOff; tests may shorten it
@@ -108,26 +109,11 @@ class JobController(Controller):
         self.expectations.forget(object_key(job))
         self.enqueue(job)  # its pods' finalizers still have to come off
 
-    def _owner_key(self, pod: Obj) -> str | None:
-        return owner_key(pod, "Job")
-
-    def _pod_added(self, pod: Obj) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.expectations.creation_observed(key)
-            self.queue.add(key)
-
     def _pod_updated(self, old: Obj, new: Obj) -> None:
         key = self._owner_key(new)
         if key is not None:
             if is_terminating(new) and not is_terminating(old):
                 self.expectations.deletion_observed(key, object_key(new))
-            self.queue.add(key)
-
-    def _pod_deleted(self, pod: Obj) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.expectations.deletion_observed(key, object_key(pod))
             self.queue.add(key)
 
     # ------------------------------------------------------------------ reconcile
@@ -142,7 +128,8 @@ class JobController(Controller):
         except SelectorError:
             return
         name = job["metadata"]["name"]
-        pods = await claim(self.client, job, "batch/v1", "Job", self.pods_by_ns.list(namespace), selector,
+        pods = await claim(self.client, job, "batch/v1", "Job",
+                           self.pods_by_ns.claim_candidates(namespace, job["metadata"]["uid"]), selector,
                            lambda p: f"/api/v1/namespaces/{namespace}/pods/{p['metadata']['name']}",
                            lambda: self.client.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}"))
         await Run(self, job, pods).sync()
@@ -304,7 +291,7 @@ class Run:
                 return kind, cond.get("reason", ""), cond.get("message", "")
         if self.policy_failure is not None:
             return "Failed", "PodFailurePolicy", self.policy_failure
-        if failed > int(self.spec.get("backoffLimit", 6)):
+        if failed > int(self.spec.get("backoffLimit", 6)) or self.past_backoff_limit_on_failure():
             return "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         deadline = self.spec.get("activeDeadlineSeconds")
         started = parse_time(status.get("startTime"))
@@ -321,6 +308,17 @@ class Run:
                 phase(p) not in ("Succeeded", "Failed") and not is_terminating(p) for p in self.pods):
             return "Complete", "CompletionsReached", "Reached expected number of succeeded pods"
         return None
+
+    def past_backoff_limit_on_failure(self) -> bool:
+        """kube's pastBackoffLimitOnFailure: with restartPolicy OnFailure the kubelet restarts failing
+        containers in place, so their restarts (in Pending/Running pods) count against backoffLimit."""
+        if ((self.spec.get("template") or {}).get("spec") or {}).get("restartPolicy") != "OnFailure":
+            return False
+        restarts = sum(int(cs.get("restartCount") or 0) for p in self.pods if phase(p) in ("Pending", "Running")
+                       for cs in ((p.get("status") or {}).get("initContainerStatuses") or [])
+                       + ((p.get("status") or {}).get("containerStatuses") or []))
+        limit = int(self.spec.get("backoffLimit", 6))
+        return restarts > 0 if limit == 0 else restarts >= limit
 
     def success_policy_rule(self) -> int | None:
         """spec.successPolicy (Indexed jobs): the first rule whose succeededIndexes / succeededCount the

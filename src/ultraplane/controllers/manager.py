@@ -33,6 +33,10 @@ class ManagerOptions:
 
     node_monitor_grace_period: float = 40.0
     node_monitor_period: float = 5.0
+    node_eviction_rate: float = 0.1  # nodes/s tainted NoExecute per zone (kube's --node-eviction-rate)
+    secondary_node_eviction_rate: float = 0.01  # in partially disrupted large zones
+    unhealthy_zone_threshold: float = 0.55
+    large_cluster_size_threshold: int = 50
     terminated_pod_gc_threshold: int = 12500
     root_ca: bytes = b""  # PEM published as kube-root-ca.crt in every namespace
     extra: dict[str, Any] = field(default_factory=dict)

@@ -178,6 +178,36 @@ def owner_key(obj: Obj, kind: str) -> str | None:
     return f"{obj['metadata'].get('namespace', '')}/{ref.get('name', '')}"
 
 
+class OwnedPodHandlers:
+    """Pod informer handlers for a controller whose pods carry its controller reference (``owner_kind``):
+    every event enqueues the owner, and creations and deletions settle its expectations (kube's
+    addPod / updatePod / deletePod of the DaemonSet, Job and StatefulSet controllers)."""
+
+    owner_kind: str
+    expectations: Expectations
+    queue: Any  # the Controller's WorkQueue
+
+    def _owner_key(self, pod: Obj) -> str | None:
+        return owner_key(pod, self.owner_kind)
+
+    def _pod_added(self, pod: Obj) -> None:
+        key = self._owner_key(pod)
+        if key is not None:
+            self.expectations.creation_observed(key)
+            self.queue.add(key)
+
+    def _pod_changed(self, pod: Obj) -> None:
+        key = self._owner_key(pod)
+        if key is not None:
+            self.queue.add(key)
+
+    def _pod_deleted(self, pod: Obj) -> None:
+        key = self._owner_key(pod)
+        if key is not None:
+            self.expectations.deletion_observed(key, object_key(pod))
+            self.queue.add(key)
+
+
 def owner_ref(owner: Obj, api_version: str, kind: str) -> Obj:
     meta = owner["metadata"]
     return {"apiVersion": api_version, "kind": kind, "name": meta["name"], "uid": meta["uid"],
@@ -257,28 +287,63 @@ def seconds_until_available(pod: Obj, min_ready_seconds: int, now: dt.datetime) 
 
 # ---------------------------------------------------------------------- indexes
 class NamespaceIndex:
-    """Objects of one informer grouped by namespace, kept current by the informer's own handlers, so a
-    sync looks at its namespace and not at the whole cluster. One per informer (`namespace_index`)."""
+    """Objects of one informer grouped by namespace, and by controller owner, kept current by the informer's
+    own handlers: a sync looks at its namespace, or at its own objects plus the orphans it may adopt,
+    and not at the whole cluster. One per informer (`namespace_index`)."""
 
     def __init__(self, informer: Informer) -> None:
         self.by_namespace: dict[str, dict[str, Obj]] = defaultdict(dict)
+        self.by_owner: dict[str, dict[str, Obj]] = defaultdict(dict)  # controller uid -> key -> object
+        self.orphans: dict[str, dict[str, Obj]] = defaultdict(dict)  # namespace -> key -> object
+        self._owner_of: dict[str, str] = {}  # key -> controller uid ("" for an orphan)
         for obj in informer.store.values():
             self._put(obj)
         informer.add_handler(self._put, lambda old, new: self._put(new), self._drop)
 
     def _put(self, obj: Obj) -> None:
-        self.by_namespace[(obj.get("metadata") or {}).get("namespace", "")][object_key(obj)] = obj
+        key = object_key(obj)
+        ns = (obj.get("metadata") or {}).get("namespace", "")
+        self.by_namespace[ns][key] = obj
+        owner = (controller_ref(obj) or {}).get("uid") or ""
+        previous = self._owner_of.get(key)
+        if previous is not None and previous != owner:
+            self._unlink(key, ns, previous)
+        self._owner_of[key] = owner
+        if owner:
+            self.by_owner[owner][key] = obj
+        else:
+            self.orphans[ns][key] = obj
+
+    def _unlink(self, key: str, ns: str, owner: str) -> None:
+        buckets, name = (self.by_owner, owner) if owner else (self.orphans, ns)
+        bucket = buckets.get(name)
+        if bucket is not None:
+            bucket.pop(key, None)
+            if not bucket:
+                del buckets[name]
 
     def _drop(self, obj: Obj) -> None:
+        key = object_key(obj)
         ns = (obj.get("metadata") or {}).get("namespace", "")
         bucket = self.by_namespace.get(ns)
         if bucket is not None:
-            bucket.pop(object_key(obj), None)
+            bucket.pop(key, None)
             if not bucket:
                 del self.by_namespace[ns]
+        owner = self._owner_of.pop(key, None)
+        if owner is not None:
+            self._unlink(key, ns, owner)
 
     def list(self, namespace: str) -> list[Obj]:
         return list(self.by_namespace.get(namespace, {}).values())
+
+    def owned_by(self, uid: str) -> list[Obj]:
+        return list(self.by_owner.get(uid, {}).values())
+
+    def claim_candidates(self, namespace: str, uid: str) -> list[Obj]:
+        """What ControllerRefManager.Claim can act on for the owner with this uid: its own objects and the
+        namespace's orphans (objects controlled by another owner are skipped by Claim anyway)."""
+        return [*self.by_owner.get(uid, {}).values(), *self.orphans.get(namespace, {}).values()]
 
 
 def namespace_index(informer: Informer) -> NamespaceIndex:

@@ -213,7 +213,7 @@ class ReplicaSetController(Controller):
             return  # kube logs and gives up on an invalid selector: no retry would fix it
         namespace, name = rs["metadata"]["namespace"], rs["metadata"]["name"]
         needs_sync = self.expectations.satisfied(key) and not is_terminating(rs)
-        active = [p for p in self.pods_by_ns.list(namespace) if is_active(p)]
+        active = [p for p in self.pods_by_ns.claim_candidates(namespace, rs["metadata"]["uid"]) if is_active(p)]
         pods = await claim(self.client, rs, self.api_version, self.kind, active, selector,
                            lambda p: f"/api/v1/namespaces/{namespace}/pods/{p['metadata']['name']}",
                            lambda: self.client.get(self.path(namespace, name)))
@@ -271,8 +271,7 @@ class ReplicaSetController(Controller):
         namespace = rs["metadata"]["namespace"]
         siblings = {s["metadata"]["uid"] for s in self.sets_by_ns.list(namespace)
                     if (controller_ref(s) or {}).get("uid") == owner.get("uid")}
-        return [p for p in self.pods_by_ns.list(namespace)
-                if is_active(p) and (controller_ref(p) or {}).get("uid") in siblings]
+        return [p for uid in siblings for p in self.pods_by_ns.owned_by(uid) if is_active(p)]
 
     @staticmethod
     def ranks(pods: list[Obj], related: list[Obj] | None = None) -> dict[str, int]:

@@ -26,6 +26,7 @@ from ultraplane.controllers.deployment import fnv32a, normalized, safe_encode
 from ultraplane.controllers.podcontrol import (
     EventRecorder,
     Expectations,
+    OwnedPodHandlers,
     claim,
     controller_ref,
     deep_copy,
@@ -34,7 +35,6 @@ from ultraplane.controllers.podcontrol import (
     is_terminating,
     namespace_index,
     now_utc,
-    owner_key,
     owner_ref,
     phase,
     pod_from_template,
@@ -76,8 +76,9 @@ def is_healthy(pod: Obj, min_ready: int) -> bool:
     return phase(pod) == "Running" and is_available(pod, min_ready, now_utc()) and not is_terminating(pod)
 
 
-class StatefulSetController(Controller):
+class StatefulSetController(OwnedPodHandlers, Controller):
     name = "statefulset"
+    owner_kind = "StatefulSet"
     component = "statefulset-controller"
     workers = 4
 
@@ -91,25 +92,11 @@ class StatefulSetController(Controller):
         self.expectations = Expectations()
         self.recorder = EventRecorder(client, self.component)
         self.sets.add_handler(self.enqueue, lambda old, new: self.enqueue(new), self._set_deleted)
-        self.pods.add_handler(self._pod_changed, lambda old, new: self._pod_changed(new), self._pod_deleted)
+        # every pod event counts as an observed creation here (updates too), as this controller always did
+        self.pods.add_handler(self._pod_added, lambda old, new: self._pod_added(new), self._pod_deleted)
 
     def _set_deleted(self, sts: Obj) -> None:
         self.expectations.forget(object_key(sts))
-
-    def _owner_key(self, pod: Obj) -> str | None:
-        return owner_key(pod, "StatefulSet")
-
-    def _pod_changed(self, pod: Obj) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.expectations.creation_observed(key)
-            self.queue.add(key)
-
-    def _pod_deleted(self, pod: Obj) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.expectations.deletion_observed(key, object_key(pod))
-            self.queue.add(key)
 
     async def sync(self, key: str) -> None:
         sts = self.sets.get(key)
@@ -120,7 +107,8 @@ class StatefulSetController(Controller):
             selector = label_selector_from_dict(sts["spec"].get("selector"))
         except SelectorError:
             return
-        pods = await claim(self.client, sts, "apps/v1", "StatefulSet", self.pods_by_ns.list(ns), selector,
+        pods = await claim(self.client, sts, "apps/v1", "StatefulSet",
+                           self.pods_by_ns.claim_candidates(ns, sts["metadata"]["uid"]), selector,
                            lambda p: f"/api/v1/namespaces/{ns}/pods/{p['metadata']['name']}",
                            lambda: self.client.get(f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"))
         pods = [p for p in pods if ordinal_of(name, p) is not None]

@@ -713,8 +713,10 @@ class FileJournal:
             roll_after = [seq for seq, _ in requests]
             try:
                 # (never while a snapshot's pruning may be using the I/O thread on the segment list)
-                if (len(records) == 1 and not roll_after and self._fsync_seconds < INLINE_FSYNC_SECONDS
-                        and not self._snapshot_lock.locked()):
+                # Without fsync a batch is one write() into the page cache: cheaper on the loop than the
+                # thread handoff, which waits for the GIL (up to the 5 ms switch interval) on a busy loop.
+                inline = not self.fsync or (len(records) == 1 and self._fsync_seconds < INLINE_FSYNC_SECONDS)
+                if inline and not roll_after and not self._snapshot_lock.locked():
                     self._write_batch(first_seq, records, roll_after)
                 else:
                     await self._loop.run_in_executor(self._io, self._write_batch, first_seq, records, roll_after)

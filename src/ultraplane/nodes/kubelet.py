@@ -5,7 +5,7 @@ points at it and the `ultraplane.io/kubelet-address` annotation names its host. 
 serves a self-signed certificate and authenticates callers by client certificate, here one signed by
 the cluster CA of the kubeconfig (the API server's kubelet-client certificate, or an admin's).
 
-  GET  /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&timestamps&limitBytes&sinceSeconds
+  GET  /containerLogs/{namespace}/{pod}/{container}?follow&previous&tailLines&timestamps&limitBytes&sinceSeconds
   GET  /healthz
   GET  /admin/summary                    the simulator's counters
   GET  /admin/nodes                      the counters and every node's state
@@ -29,6 +29,10 @@ from ultraplane.apiserver.podlogs import format_timestamp
 from ultraplane.apiserver.server import Request, Response, serve_http
 from ultraplane.nodes.sim import NodeSimulator, PodState
 from ultraplane.nodes.startup import LOG_INTERVAL, log_lines
+
+
+def _parse(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _text(status: int, message: str) -> Response:
@@ -111,20 +115,31 @@ class KubeletServer:
             return _text(400, str(exc))
         follow = q.get("follow", "false").lower() in ("true", "1")
         timestamps = q.get("timestamps", "false").lower() in ("true", "1")
-        stream = self._stream(state, container, tail, limit, since, follow, timestamps)
+        ctr = next((c for c in state.containers if c.name == container), None)
+        if q.get("previous", "false").lower() in ("true", "1"):  # the instance before the current one
+            last = (ctr.last if ctr is not None else {}).get("terminated") or {}
+            if not last.get("startedAt") or not last.get("finishedAt"):
+                return _text(400, f'previous terminated container "{container}" in pod "{pod}" not found')
+            started, until = _parse(last["startedAt"]), _parse(last["finishedAt"])
+            follow = False
+        else:  # the current instance (or the last one, while it waits to restart)
+            started = ctr.started_at if ctr is not None and ctr.started_at else state.started_at
+            until = None
+            assert started is not None  # checked above: the pod has started
+        stream = self._stream(state, container, started, until, tail, limit, since, follow, timestamps)
         return Response(200, content_type="text/plain", stream=stream)
 
-    async def _stream(self, state: PodState, container: str, tail: int | None, limit: int | None,
-                      since: dt.datetime | None, follow: bool, timestamps: bool) -> AsyncIterator[bytes]:
+    async def _stream(self, state: PodState, container: str, started: dt.datetime, until: dt.datetime | None,
+                      tail: int | None, limit: int | None, since: dt.datetime | None, follow: bool,
+                      timestamps: bool) -> AsyncIterator[bytes]:
         spec = next(c for c in state.pod["spec"]["containers"] if c["name"] == container)
         plan = state.plan[container]
-        assert state.started_at is not None
-        lines = log_lines(state.pod, spec, state.started_at, dt.datetime.now(dt.UTC), plan)
+        lines = log_lines(state.pod, spec, started, until or dt.datetime.now(dt.UTC), plan)
+        sent = len(lines)  # what follow has covered so far, before since/tail pick from it
         if since is not None:
             lines = [entry for entry in lines if entry[0] >= since]
         if tail is not None:
             lines = lines[-tail:] if tail else []
-        sent = len(log_lines(state.pod, spec, state.started_at, dt.datetime.now(dt.UTC), plan))
         budget = limit
         while True:
             for at, text in lines:
@@ -138,5 +153,5 @@ class KubeletServer:
             if not follow or state.uid not in self.sim.pods or state.phase in ("Succeeded", "Failed"):
                 return
             await asyncio.sleep(LOG_INTERVAL / 5)
-            current = log_lines(state.pod, spec, state.started_at, dt.datetime.now(dt.UTC), plan)
+            current = log_lines(state.pod, spec, started, dt.datetime.now(dt.UTC), plan)
             lines, sent = current[sent:], len(current)

@@ -104,7 +104,7 @@ def _pod_condition(kind: str, status: str, stamp: str, reason: str = "", message
     return cond
 
 
-def _scheduled_condition(pod: Obj, stamp: str) -> Obj:
+def scheduled_condition(pod: Obj, stamp: str) -> Obj:
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "PodScheduled":
             return cond
@@ -115,7 +115,7 @@ def _names(pod: Obj) -> list[str]:
     return [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
 
 
-def _init_statuses(pod: Obj, started: str, finished: str, done: bool) -> list[Obj]:
+def init_statuses(pod: Obj, started: str, finished: str, done: bool) -> list[Obj]:
     out = []
     uid = pod["metadata"].get("uid", "")
     for c in (pod.get("spec") or {}).get("initContainers") or []:
@@ -144,126 +144,15 @@ def creating_status(pod: Obj, host_ip: str, start: dt.datetime) -> Obj:
             if has_init else _pod_condition("Initialized", "True", stamp),
             _pod_condition("Ready", "False", stamp, "ContainersNotReady", unready),
             _pod_condition("ContainersReady", "False", stamp, "ContainersNotReady", unready),
-            _scheduled_condition(pod, stamp)],
+            scheduled_condition(pod, stamp)],
         "containerStatuses": [{"name": c.get("name", ""), "state": {"waiting": {"reason": "ContainerCreating"}},
                                "lastState": {}, "ready": False, "restartCount": 0, "image": c.get("image", ""),
                                "imageID": "", "started": False}
                               for c in pod["spec"].get("containers") or []],
     }
     if has_init:
-        status["initContainerStatuses"] = _init_statuses(pod, stamp, stamp, False)
+        status["initContainerStatuses"] = init_statuses(pod, stamp, stamp, False)
     return status
-
-
-def running_status(pod: Obj, host_ip: str, pod_ip: str, start: dt.datetime, running_at: dt.datetime,
-                   image_ids: dict[str, str], ready_at: dt.datetime | None = None) -> Obj:
-    """Running; Ready from `ready_at` on (None: not yet, a readiness probe has still to pass)."""
-    stamp, run_stamp = rfc3339(start), rfc3339(running_at)
-    uid = pod["metadata"].get("uid", "")
-    ready = ready_at is not None
-    if ready:
-        assert ready_at is not None
-        ready_conditions = [_pod_condition("Ready", "True", rfc3339(ready_at)),
-                            _pod_condition("ContainersReady", "True", rfc3339(ready_at))]
-    else:
-        unready = f"containers with unready status: [{' '.join(_names(pod))}]"
-        ready_conditions = [_pod_condition("Ready", "False", stamp, "ContainersNotReady", unready),
-                            _pod_condition("ContainersReady", "False", stamp, "ContainersNotReady", unready)]
-    status: Obj = {
-        "phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": pod_ip,
-        "podIPs": [{"ip": pod_ip}], "startTime": stamp,
-        "conditions": [
-            _pod_condition("PodReadyToStartContainers", "True", run_stamp),
-            _pod_condition("Initialized", "True", run_stamp if pod["spec"].get("initContainers") else stamp),
-            *ready_conditions,
-            _scheduled_condition(pod, stamp)],
-        "containerStatuses": [{"name": c["name"], "state": {"running": {"startedAt": run_stamp}}, "lastState": {},
-                               "ready": ready, "restartCount": 0, "image": c.get("image", ""),
-                               "imageID": image_ids.get(c.get("image", ""), ""),
-                               "containerID": container_id(uid, c["name"]), "started": True}
-                              for c in pod["spec"].get("containers") or []],
-    }
-    if pod["spec"].get("initContainers"):
-        status["initContainerStatuses"] = _init_statuses(pod, stamp, run_stamp, True)
-    return status
-
-
-def _terminated(cs: Obj, exit_code: int, stamp: str) -> Obj:
-    started = (cs["state"].get("running") or {}).get("startedAt", stamp)
-    return {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "startedAt": started,
-            "finishedAt": stamp, "containerID": cs.get("containerID", "")}
-
-
-def crash_loop_status(running: Obj, exit_code: int, finished_at: dt.datetime, backoff: float, pod_name: str,
-                      namespace: str, pod_uid: str) -> Obj:
-    """restartPolicy OnFailure, a container exited non-zero: it waits in CrashLoopBackOff, phase stays Running."""
-    stamp = rfc3339(finished_at)
-    status = dict(running)
-    names = " ".join(cs["name"] for cs in running["containerStatuses"])
-    unready = f"containers with unready status: [{names}]"
-    status["conditions"] = [
-        c if c["type"] not in ("Ready", "ContainersReady")
-        else _pod_condition(c["type"], "False", stamp, "ContainersNotReady", unready)
-        for c in running["conditions"]]
-    statuses = []
-    for cs in running["containerStatuses"]:
-        message = (f"back-off {int(backoff)}s restarting failed container={cs['name']} "
-                   f"pod={pod_name}_{namespace}({pod_uid})")
-        statuses.append({**cs, "ready": False, "started": False,
-                         "lastState": {"terminated": _terminated(cs, exit_code, stamp)},
-                         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}}})
-    status["containerStatuses"] = statuses
-    return status
-
-
-def restarted_status(crashed: Obj, pod_uid: str, running_at: dt.datetime) -> Obj:
-    """The back-off is over: every container runs again with restartCount + 1 (and a new container ID)."""
-    stamp = rfc3339(running_at)
-    status = dict(crashed)
-    status["conditions"] = [
-        c if c["type"] not in ("Ready", "ContainersReady") else _pod_condition(c["type"], "True", stamp)
-        for c in crashed["conditions"]]
-    status["containerStatuses"] = [
-        {**cs, "ready": True, "started": True, "restartCount": cs["restartCount"] + 1,
-         "containerID": container_id(pod_uid, cs["name"], cs["restartCount"] + 1),
-         "state": {"running": {"startedAt": stamp}}}
-        for cs in crashed["containerStatuses"]]
-    return status
-
-
-def finished_status(pod: Obj, running: Obj, exit_code: int, finished_at: dt.datetime) -> Obj:
-    """Every container exited: Succeeded with exit code 0, else Failed.
-
-    Also the kubelet's last write for a running pod being deleted: containers stopped by SIGTERM exit
-    0, those killed at the end of the grace period 137, and the pod gets a terminal phase.
-    """
-    stamp = rfc3339(finished_at)
-    status = {k: v for k, v in running.items()}
-    status["phase"] = "Succeeded" if exit_code == 0 else "Failed"
-    status["conditions"] = [
-        _pod_condition("PodReadyToStartContainers", "False", stamp),
-        next(c for c in running["conditions"] if c["type"] == "Initialized"),
-        _pod_condition("Ready", "False", stamp, "PodCompleted"),
-        _pod_condition("ContainersReady", "False", stamp, "PodCompleted"),
-        next(c for c in running["conditions"] if c["type"] == "PodScheduled")]
-    statuses = [{**cs, "ready": False, "started": False, "state": {"terminated": _terminated(cs, exit_code, stamp)}}
-                for cs in running["containerStatuses"]]
-    status["containerStatuses"] = statuses
-    return status
-
-
-def readiness_delay(pod: Obj) -> float:
-    """Seconds from container start to Ready: the slowest readiness probe's first success (none: 0).
-
-    The prober waits initialDelaySeconds, then probes every periodSeconds (default 10) until
-    successThreshold (always 1 for readiness here) passes; a simulated probe passes at its first run.
-    """
-    delay = 0.0
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        probe = c.get("readinessProbe")
-        if probe:
-            delay = max(delay, float(probe.get("initialDelaySeconds") or 0))
-    return delay
 
 
 def condition_patch(conditions: list[Obj]) -> list[Obj]:

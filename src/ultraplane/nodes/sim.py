@@ -23,6 +23,16 @@ from typing import Any
 
 from ultraplane.client.http import ApiError, KubeClient
 from ultraplane.nodes import objects
+from ultraplane.nodes.containers import (
+    POD_WORKER_RETRY,
+    BackoffPolicy,
+    Container,
+    back_off_message,
+    pod_phase,
+    pod_status,
+    stop_seconds,
+    will_restart,
+)
 from ultraplane.nodes.ipam import Ec2Api, NodeAddresses, ZoneSubnet, zone_subnets
 from ultraplane.nodes.objects import LEASE_NAMESPACE, Obj
 from ultraplane.nodes.startup import PullModel, RunPlan, image_id, image_size_mb, parallel_override, run_plan
@@ -32,8 +42,6 @@ log = logging.getLogger("ultraplane.nodes")
 TICK = 0.1
 Job = Callable[[], Awaitable[None]]
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
-CRASH_BACKOFF_START = 10.0  # kubelet's container restart back-off: 10 s, doubling, at most 5 min
-CRASH_BACKOFF_MAX = 300.0
 MANIFEST_CHECK_SECONDS = 0.05  # imagePullPolicy Always on a cached image: only the manifest is fetched
 
 
@@ -56,22 +64,26 @@ class SimConfig:
     kubelet_port: int = 0
     events: bool = True  # the kubelet's Pulling/Pulled/Created/Started/Killing/BackOff events
     pull: PullModel = field(default_factory=PullModel)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)  # container restarts: 10 s doubling to 5 min
     ec2: Ec2Api = field(default_factory=lambda: Ec2Api(latency=0.05))
 
 
-POD, LEASE, NODE_STATUS = 0, 1, 2  # write lanes, most urgent first
+POD, EVENT, LEASE, NODE_STATUS = 0, 1, 2, 3  # write lanes, most urgent first
+MAX_QUEUED_EVENTS = 1000  # per kubelet, as client-go's event broadcaster (maxQueuedEvents, DropIfChannelFull)
 
 
 class WriteQueue:
     """The process's pending API writes in lanes, served most urgent first.
 
     In a real cluster every kubelet has its own connection, so one node's pod status never waits
-    behind 100,000 other nodes' heartbeats; here they share workers, so pod status and events
-    (what users wait for) go first, then Lease renewals, then the periodic node status posts.
+    behind 100,000 other nodes' heartbeats; here they share workers, so pod status (what users wait
+    for) goes first, then events, then Lease renewals, then the periodic node status posts. Events
+    come after status as in the kubelet, whose event broadcaster sends them on its own, never ahead
+    of (or blocking) the status manager.
     """
 
     def __init__(self) -> None:
-        self.lanes: tuple[deque[Job], ...] = (deque(), deque(), deque())
+        self.lanes: tuple[deque[Job], ...] = (deque(), deque(), deque(), deque())
         self.size = 0
         self.nonempty = asyncio.Event()
 
@@ -93,7 +105,8 @@ class WriteQueue:
 
 class SimNode:
     __slots__ = ("index", "name", "itype", "zone", "ip", "addresses", "uid", "lease", "alive", "registered",
-                 "lease_queued", "status_queued", "status_due", "ready_since", "images", "attach_lock", "pods")
+                 "lease_queued", "status_queued", "status_due", "ready_since", "images", "attach_lock", "pods",
+                 "queued_events")
 
     def __init__(self, index: int, name: str, itype: InstanceType, zone: str, ip: str,
                  addresses: NodeAddresses) -> None:
@@ -111,6 +124,7 @@ class SimNode:
         self.status_queued = False  # like lease_queued: a slow server stretches the period, not the queue
         self.status_due = 0.0
         self.ready_since: str | None = None
+        self.queued_events = 0  # this kubelet's events not yet sent (its broadcaster's queue)
         self.images: set[str] = set()
         self.attach_lock = asyncio.Lock()
         self.pods: set[str] = set()  # uids
@@ -118,7 +132,7 @@ class SimNode:
 
 class PodState:
     __slots__ = ("uid", "namespace", "name", "node", "pod", "ip", "task", "phase", "status", "started_at",
-                 "plan", "terminating", "queued", "desired", "restarts", "writing")
+                 "plan", "terminating", "queued", "desired", "containers", "start", "timer", "writing")
 
     def __init__(self, pod: Obj, node: SimNode) -> None:
         meta = pod["metadata"]
@@ -130,13 +144,15 @@ class PodState:
         self.ip = ""
         self.task: asyncio.Task[None] | None = None
         self.phase = "Pending"
-        self.status: Obj | None = None  # last status this node decided (running or finished)
+        self.status: Obj | None = None  # last status this node decided (conditions keep their transition times)
         self.started_at: dt.datetime | None = None
         self.plan: dict[str, RunPlan] = {}
         self.terminating = False
         self.queued = False
         self.desired: Obj | None = None
-        self.restarts = 0  # container restarts so far (restartPolicy OnFailure)
+        self.containers: list[Container] = []  # the regular containers' states (containers.py)
+        self.start: dt.datetime | None = None  # status.startTime
+        self.timer: asyncio.TimerHandle | None = None  # wakes the pod when a container has something due
         self.writing = False  # a status PATCH is in flight: the next one waits for it (keeps writes in order)
 
 
@@ -149,8 +165,10 @@ class Stats:
     pod_writes: int = 0
     pods_running: int = 0
     pods_finished: int = 0
+    container_restarts: int = 0
     pods_deleted: int = 0
     events: int = 0
+    events_dropped: int = 0
     write_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
 
 
@@ -159,6 +177,10 @@ def _go_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.3f}".rstrip("0").rstrip(".") + "ms"
     return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def node_name(ip: str, region: str) -> str:
@@ -430,16 +452,33 @@ class NodeSimulator:
         self.stats.pods_deleted += 1
 
     def _adopt(self, state: PodState, pod: Obj) -> None:
+        """A pod this node ran before the simulator restarted: pick its containers up where they are."""
         status = pod.get("status") or {}
         state.phase = status.get("phase", "Pending")
         state.status = status
         ip = status.get("podIP", "")
         if ip and state.phase == "Running" and state.node.addresses.adopt(ip):
             state.ip = ip
-        started = ((status.get("containerStatuses") or [{}])[0].get("state") or {}).get("running", {})
-        if started.get("startedAt"):
-            state.started_at = dt.datetime.fromisoformat(started["startedAt"].replace("Z", "+00:00"))
+        state.start = _parse_time(status.get("startTime")) or _now()
         state.plan = {c["name"]: run_plan(pod, c) for c in pod["spec"].get("containers") or []}
+        by_name = {cs.get("name"): cs for cs in status.get("containerStatuses") or []}
+        now = _now()
+        for spec in pod["spec"].get("containers") or []:
+            cs = by_name.get(spec["name"]) or {}
+            c = Container(spec, state.plan[spec["name"]], cs.get("imageID", ""))
+            c.restarts, c.last = int(cs.get("restartCount") or 0), cs.get("lastState") or {}
+            kind, body = next(iter((cs.get("state") or {"waiting": {}}).items()))
+            if kind == "running":
+                c.start(pod, state.ip, _parse_time(body.get("startedAt")) or now, state.uid)
+                c.skip_past(now.timestamp())
+                c.ready, c.started = bool(cs.get("ready")), bool(cs.get("started"))
+            elif kind == "terminated":
+                c.state, c.detail, c.cid = "terminated", body, cs.get("containerID", "")
+                c.finished_at = _parse_time(body.get("finishedAt"))
+            else:  # waiting out a back-off that this process no longer knows: restart now
+                c.state, c.detail, c.cid, c.until = "waiting", body, cs.get("containerID", ""), now.timestamp()
+            state.containers.append(c)
+            state.started_at = state.started_at or c.started_at
 
     def _sync_pod(self, state: PodState) -> None:
         meta = state.pod["metadata"]
@@ -454,10 +493,8 @@ class NodeSimulator:
             return
         if state.phase == "Pending":
             state.task = asyncio.create_task(self._launch(state))
-        elif state.phase == "Running" and state.started_at is not None:
-            finite = [p.seconds for p in state.plan.values() if p.seconds is not None]
-            if finite and len(finite) == len(state.plan):
-                state.task = asyncio.create_task(self._finish(state))
+        elif state.phase == "Running" and state.timer is None:
+            self._schedule(state)
 
     def _desire(self, state: PodState, status: Obj) -> None:
         """The status manager: keep the latest status, queue at most one write per pod."""
@@ -502,10 +539,16 @@ class NodeSimulator:
     def _event(self, state: PodState, container: str, kind: str, reason: str, message: str) -> None:
         if not self.cfg.events:
             return
-        event = objects.pod_event(state.pod, state.node.name, container, kind, reason, message, _now())
-        self.queue.put(POD, lambda: self._post_event(state.namespace, event))
+        node = state.node
+        if node.queued_events >= MAX_QUEUED_EVENTS:
+            self.stats.events_dropped += 1  # client-go's broadcaster drops when its queue is full
+            return
+        event = objects.pod_event(state.pod, node.name, container, kind, reason, message, _now())
+        node.queued_events += 1
+        self.queue.put(EVENT, lambda: self._post_event(node, state.namespace, event))
 
-    async def _post_event(self, namespace: str, event: Obj) -> None:
+    async def _post_event(self, node: SimNode, namespace: str, event: Obj) -> None:
+        node.queued_events -= 1
         try:
             await self.client.create(f"/api/v1/namespaces/{namespace}/events", event)
             self.stats.events += 1
@@ -523,7 +566,8 @@ class NodeSimulator:
         try:
             node, pod = state.node, state.pod
             start = _now()
-            self._desire(state, objects.creating_status(pod, node.ip, start))
+            state.status = objects.creating_status(pod, node.ip, start)
+            self._desire(state, state.status)
             while not state.ip:
                 await self._attach_block(node)
                 if not node.addresses.needs_attach():
@@ -557,81 +601,152 @@ class NodeSimulator:
             for c in containers:
                 self._event(state, c["name"], "Normal", "Created", f"Created container: {c['name']}")
                 self._event(state, c["name"], "Normal", "Started", f"Started container {c['name']}")
-            state.started_at = _now()
+            state.started_at, state.start = _now(), start
             state.plan = {c["name"]: run_plan(pod, c) for c in pod["spec"].get("containers") or []}
-            readiness = objects.readiness_delay(pod)
-            ready_at = state.started_at if readiness <= 0 else None
-            state.status = objects.running_status(pod, node.ip, state.ip, start, state.started_at, image_ids,
-                                                  ready_at)
-            state.phase = "Running"
+            state.containers = [Container(c, state.plan[c["name"]], image_ids.get(c.get("image", ""), ""))
+                                for c in pod["spec"].get("containers") or []]
+            for ctr in state.containers:
+                ctr.start(pod, state.ip, state.started_at, state.uid)
+            state.phase = pod_phase(pod["spec"].get("restartPolicy", "Always"), state.containers)
+            # from the ContainerCreating status: conditions that did not change keep their transition time
+            state.status = pod_status(pod, state.containers, state.phase, node.ip, state.ip, start, state.status,
+                                      state.started_at)
             self.stats.pods_running += 1
             self._desire(state, state.status)
-            if ready_at is None:
-                await asyncio.sleep(readiness)
-                state.status = objects.running_status(pod, node.ip, state.ip, start, state.started_at, image_ids,
-                                                      _now())
-                self._desire(state, state.status)
             state.task = None
             self._sync_pod(state)
         except asyncio.CancelledError:
             pass
 
-    async def _finish(self, state: PodState) -> None:
-        """A job-like pod's containers exit when their run time is up; the pod ends Succeeded or Failed.
+    def _schedule(self, state: PodState) -> None:
+        """Wake the pod when one of its containers next has something due (containers.py timelines).
 
-        With restartPolicy OnFailure a non-zero exit restarts the containers after the kubelet's
-        crash-loop back-off (immediately, then 10 s doubling to 5 min) and the pod stays Running.
+        A timer, not a task per pod: 100,000 pods whose `sleep 3600` ends in an hour cost a heap
+        entry each. A pod with nothing ahead (a service without failing probes) has none.
         """
-        try:
-            assert state.started_at is not None and state.status is not None
-            seconds = max(p.seconds or 0.0 for p in state.plan.values())
-            exit_code = next((p.exit_code for p in state.plan.values() if p.exit_code), 0)
-            while True:
-                remaining = seconds - (_now() - state.started_at).total_seconds()
-                if remaining > 0:
-                    await asyncio.sleep(remaining)
-                at = max(state.started_at + dt.timedelta(seconds=seconds), state.started_at)
-                if exit_code == 0 or state.pod["spec"].get("restartPolicy") != "OnFailure":
-                    break
-                # the first restart is immediate; back-off applies from the second on
-                backoff = min(CRASH_BACKOFF_START * 2 ** (state.restarts - 1), CRASH_BACKOFF_MAX) \
-                    if state.restarts else 0.0
-                state.status = objects.crash_loop_status(state.status, exit_code, at, backoff, state.name,
-                                                         state.namespace, state.uid)
-                if backoff:
-                    for name in state.plan:
-                        self._event(state, name, "Warning", "BackOff", f"Back-off restarting failed container "
-                                    f"{name} in pod {state.name}_{state.namespace}({state.uid})")
-                    self._desire(state, state.status)
-                    await asyncio.sleep(backoff)
-                state.restarts += 1
-                state.started_at = _now()
-                state.status = objects.restarted_status(state.status, state.uid, state.started_at)
-                self._desire(state, state.status)
-            state.status = objects.finished_status(state.pod, state.status, exit_code, at)
-            state.phase = state.status["phase"]
+        due = [t for c in state.containers if (t := c.due()) is not None]
+        if due and state.phase not in ("Succeeded", "Failed"):
+            loop = asyncio.get_running_loop()
+            state.timer = loop.call_at(loop.time() + max(0.0, min(due) - time.time()), self._wake, state)
+
+    def _wake(self, state: PodState) -> None:
+        state.timer = None
+        # deleted, being deleted (_terminate owns it now) or its node killed (revive schedules it again)
+        if state.uid not in self.pods or state.terminating or not state.node.alive:
+            return
+        self._step(state, time.time())
+        self._schedule(state)
+
+    def _step(self, state: PodState, now: float) -> None:
+        policy = state.pod["spec"].get("restartPolicy", "Always")
+        changed = False
+        soon = now + 0.001
+        for c in state.containers:
+            while (entry := c.peek()) is not None and entry[0] <= soon:
+                c.upcoming = None
+                at, what, detail = entry
+                if what == "unhealthy":
+                    self._event(state, c.name, "Warning", "Unhealthy", detail)
+                elif what == "ready" or what == "started":
+                    changed = True
+                    if what == "ready":
+                        c.ready = detail
+                    else:
+                        c.started = True
+                elif what == "kill":
+                    c.killed = True
+                    self._event(state, c.name, "Normal", "Killing", f"Container {c.name} failed {detail} probe"
+                                + (", will be restarted" if policy != "Never" else ""))
+                elif what == "exit":
+                    changed = True
+                    c.exit(detail, at)
+                    self._exited(state, c, policy, now)
+            if c.until is not None and c.until <= soon:
+                if c.backoff_ref is not None:
+                    c.backoff.next(self.cfg.backoff, c.backoff_ref, now)
+                self._restart(state, c, now)
+                changed = True
+            elif c.retry_at is not None and c.retry_at <= soon:  # the pod worker retries, still in back-off
+                self._back_off_event(state, c, now)
+        if changed:
+            self._container_change(state, pod_phase(policy, state.containers), now)
+
+    def _exited(self, state: PodState, c: Container, policy: str, now: float) -> None:
+        """restartPolicy and the back-off decide: stay terminated, restart now, or wait in CrashLoopBackOff."""
+        killed, c.killed = c.killed, False
+        code = int(c.detail.get("exitCode", 0))
+        finished = c.finished_at.timestamp() if c.finished_at else now
+        # kubelet's doBackOff looks at the newest exited instance before its sync: the one that just
+        # ended, or for a probe kill (killed and started in one sync) the one before it
+        ref = c.previous_finished if killed else finished
+        c.previous_finished = finished
+        if not (will_restart(policy, code) or (killed and policy != "Never")):
+            return
+        wait = c.backoff.wait(self.cfg.backoff, ref, now)
+        if wait <= 0:
+            if ref is not None:
+                c.backoff.next(self.cfg.backoff, ref, now)
+            self._restart(state, c, now)
+            return
+        c.backoff_ref = ref
+        c.crash_loop(now + wait, back_off_message(self.cfg.backoff, c, state.name, state.namespace, state.uid))
+        self._back_off_event(state, c, now)
+
+    def _back_off_event(self, state: PodState, c: Container, now: float) -> None:
+        self._event(state, c.name, "Warning", "BackOff", f"Back-off restarting failed container {c.name} in pod "
+                    f"{state.name}_{state.namespace}({state.uid})")
+        retry = now + POD_WORKER_RETRY
+        c.retry_at = retry if c.until is not None and retry < c.until else None
+
+    def _restart(self, state: PodState, c: Container, now: float) -> None:
+        image = c.spec.get("image", "")
+        if c.spec.get("imagePullPolicy") == "Always":
+            took = _go_duration(MANIFEST_CHECK_SECONDS)
+            self._event(state, c.name, "Normal", "Pulling", f'Pulling image "{image}"')
+            self._event(state, c.name, "Normal", "Pulled", f'Successfully pulled image "{image}" in {took} '
+                        f'({took} including waiting). Image size: {int(image_size_mb(image) * 2**20)} bytes.')
+        else:
+            self._event(state, c.name, "Normal", "Pulled", f'Container image "{image}" already present on machine')
+        self._event(state, c.name, "Normal", "Created", f"Created container: {c.name}")
+        self._event(state, c.name, "Normal", "Started", f"Started container {c.name}")
+        c.backoff_ref = None
+        c.restart(state.pod, state.ip, dt.datetime.fromtimestamp(now, dt.UTC), state.uid)
+        self.stats.container_restarts += 1
+
+    def _container_change(self, state: PodState, phase: str, now: float) -> None:
+        """One status write for everything that changed in this step; a terminal phase frees the address."""
+        assert state.start is not None
+        state.status = pod_status(state.pod, state.containers, phase, state.node.ip, state.ip, state.start,
+                                  state.status, dt.datetime.fromtimestamp(now, dt.UTC))
+        if phase in ("Succeeded", "Failed") and state.phase not in ("Succeeded", "Failed"):
             self.stats.pods_finished += 1
             self._release_ip(state)
-            self._desire(state, state.status)
-            state.task = None
-        except asyncio.CancelledError:
-            pass
+        state.phase = phase
+        self._desire(state, state.status)
 
     async def _terminate(self, state: PodState) -> None:
         """Graceful deletion: stop the containers within the grace period, then confirm with grace 0."""
         try:
             meta = state.pod["metadata"]
             grace = float(meta.get("deletionGracePeriodSeconds") or 0)
-            if state.phase == "Running" and state.status is not None:
-                for name in state.plan:
-                    self._event(state, name, "Normal", "Killing", f"Stopping container {name}")
-                stop = self._stop_seconds(state.pod)
-                if grace > 0:
+            if state.phase == "Running" and state.containers:
+                running = [c for c in state.containers if c.state == "running"]
+                for c in running:
+                    self._event(state, c.name, "Normal", "Killing", f"Stopping container {c.name}")
+                stop = max((stop_seconds(c.spec) for c in running), default=0.0)
+                if grace > 0 and running:
                     await asyncio.sleep(min(grace, stop))
                 # the containers' end is written before the final delete (SIGTERM honoured: 0, killed: 137)
-                exit_code = 0 if stop < grace else 137
-                state.status = objects.finished_status(state.pod, state.status, exit_code, _now())
-                state.phase = state.status["phase"]
+                now = time.time()
+                for c in state.containers:
+                    c.until = c.retry_at = None
+                    if c.state == "running":
+                        c.exit(0 if stop_seconds(c.spec) < grace else 137, now)
+                phase = pod_phase(state.pod["spec"].get("restartPolicy", "Always"), state.containers, terminal=True)
+                assert state.start is not None
+                state.status = pod_status(state.pod, state.containers, phase, state.node.ip, state.ip, state.start,
+                                          state.status, _now())
+                state.phase = phase
                 await self._write_now(state, state.status)
             self._release_ip(state)
             try:
@@ -643,15 +758,6 @@ class NodeSimulator:
                     raise
         except asyncio.CancelledError:
             pass
-
-    @staticmethod
-    def _stop_seconds(pod: Obj) -> float:
-        """A shell or sleep as PID 1 ignores SIGTERM and is killed at the end of the grace period."""
-        for c in pod["spec"].get("containers") or []:
-            argv = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
-            if argv and argv[0].rsplit("/", 1)[-1] in ("sleep", "sh", "bash"):
-                return float("inf")
-        return 0.1
 
     def _release_ip(self, state: PodState) -> None:
         if state.ip:
@@ -665,5 +771,6 @@ class NodeSimulator:
                 "leaseRenewals": self.stats.lease_renewals, "leaseFailures": self.stats.lease_failures,
                 "statusPosts": self.stats.status_posts, "podWrites": self.stats.pod_writes,
                 "pods": len(self.pods), "podsRunning": self.stats.pods_running,
-                "podsFinished": self.stats.pods_finished, "events": self.stats.events, "queued": len(self.queue),
+                "podsFinished": self.stats.pods_finished, "containerRestarts": self.stats.container_restarts,
+                "events": self.stats.events, "eventsDropped": self.stats.events_dropped, "queued": len(self.queue),
                 "ec2Calls": self.cfg.ec2.calls, "prefixDelegation": self.cfg.prefix_delegation}

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from ultraplane.nodes.shell import interpret
 
 RUN_SECONDS_ANNOTATION = "ultraplane.io/run-seconds"
 EXIT_CODE_ANNOTATION = "ultraplane.io/exit-code"
@@ -78,48 +79,67 @@ def parallel_override(pod: dict[str, Any]) -> bool | None:
 
 @dataclass
 class RunPlan:
-    """How a container behaves once started: forever, or exiting after `seconds` with `exit_code`."""
+    """How a container behaves once started: forever (seconds None), or exiting after `seconds` with
+    `exit_code`; `files` are what its command creates and removes on the way (for exec probes)."""
     seconds: float | None
     exit_code: int = 0
     output: list[str] | None = None  # lines printed at start (echo)
+    files: list[tuple[float, str, bool]] = field(default_factory=list)
 
 
+BATCH_STEP_SECONDS = 1.0  # a batch command with nothing to tell its length
 _SLEEP = re.compile(r"(?:^|[;&|\s])sleep\s+(\d+(?:\.\d+)?)")
 _EXIT = re.compile(r"(?:^|[;&|\s])exit\s+(\d+)")
-_ECHO = re.compile(r"echo\s+(?:-n\s+)?(\"[^\"]*\"|'[^']*'|[^;&|]+)")
 
 
 def command_text(container: dict[str, Any]) -> str:
     return " ".join(str(x) for x in (container.get("command") or []) + (container.get("args") or []))
 
 
+def argv_of(container: dict[str, Any]) -> list[str]:
+    return [str(x) for x in (container.get("command") or []) + (container.get("args") or [])]
+
+
+def job_like(pod: dict[str, Any]) -> bool:
+    """restartPolicy Never/OnFailure (or a Job's pod): its programs are batch steps that end."""
+    return (pod.get("spec") or {}).get("restartPolicy") in ("Never", "OnFailure") or any(
+        ref.get("kind") == "Job" for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
+
+
 def run_plan(pod: dict[str, Any], container: dict[str, Any]) -> RunPlan:
-    """Job-like pods (restartPolicy Never/OnFailure) finish; others run until deleted."""
+    """What the container's command does, read by the shell interpreter (shell.py).
+
+    No command (the image's entrypoint) or a program the interpreter does not know: a service that
+    runs until stopped, or in a job-like pod a step that succeeds after a second. A script that
+    ends (`exit 3`, `sleep 5`, `false`) ends in any pod, and restartPolicy decides what follows.
+    """
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    spec = pod.get("spec") or {}
-    text = command_text(container)
-    output = []
-    for match in _ECHO.finditer(text):
-        word = match.group(1).strip()
+    finite = job_like(pod)
+    argv = argv_of(container)
+    plan = RunPlan(BATCH_STEP_SECONDS if finite else None, 0, [])
+    if argv:
+        done = interpret(argv, batch=finite)
+        plan.output, plan.files = done.output, done.files
+        if done.unreadable:  # if/for/case: fall back to the first sleep and exit in the text
+            text = command_text(container)
+            sleep, exit_match = _SLEEP.search(text), _EXIT.search(text)
+            plan.exit_code = int(exit_match.group(1)) if exit_match else 0
+            if finite and sleep:
+                plan.seconds = float(sleep.group(1))
+        else:
+            plan.seconds = None if done.seconds is None else max(done.seconds, 0.0) or BATCH_STEP_SECONDS
+            plan.exit_code = done.status
+    if EXIT_CODE_ANNOTATION in annotations:
         try:
-            output.append(" ".join(shlex.split(word)))
-        except ValueError:
-            output.append(word)
-    exit_match = _EXIT.search(text)
-    exit_code = int(annotations.get(EXIT_CODE_ANNOTATION, exit_match.group(1) if exit_match else 0))
-    if RUN_SECONDS_ANNOTATION in annotations:
-        try:
-            return RunPlan(float(annotations[RUN_SECONDS_ANNOTATION]), exit_code, output)
+            plan.exit_code = int(annotations[EXIT_CODE_ANNOTATION])
         except ValueError:
             pass
-    finite = spec.get("restartPolicy") in ("Never", "OnFailure") or any(
-        ref.get("kind") == "Job" for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
-    sleep = _SLEEP.search(text)
-    if not finite:
-        return RunPlan(None, 0, output)
-    if sleep:
-        return RunPlan(float(sleep.group(1)), exit_code, output)
-    return RunPlan(1.0, exit_code, output)  # a batch command with nothing to tell its length: one second
+    if RUN_SECONDS_ANNOTATION in annotations:
+        try:
+            plan.seconds = float(annotations[RUN_SECONDS_ANNOTATION])
+        except ValueError:
+            pass
+    return plan
 
 
 def log_lines(pod: dict[str, Any], container: dict[str, Any], started: dt.datetime, until: dt.datetime,

@@ -30,6 +30,11 @@ class ClusterCache:
         self.generation = 0  # bumped on any change; lets the queue know a retry may now succeed
         self.node_generation = 0  # bumped when a node is added, updated or removed
         self.spread_nodes: dict[Any, tuple[int, dict[str, NodeInfo]]] = {}  # see plugins.pre_filter
+        # Assigned pods per priority value: preemption is only worth trying when some pod has a lower one.
+        self.priorities: dict[int, int] = defaultdict(int)
+        # Pending pods nominated to a node by preemption (kube's PodNominator): node -> pod key -> pod.
+        self.nominated: dict[str, dict[str, PodInfo]] = {}
+        self.nominated_node: dict[str, str] = {}  # pod key -> node
 
     # ---------------------------------------------------------------- nodes
     def upsert_node(self, obj: Obj) -> NodeInfo:
@@ -64,9 +69,13 @@ class ClusterCache:
             return
         old = self.pods.get(pod.key)
         if old is not None:
-            if old.node_name == pod.node_name and old.requests == pod.requests and old.labels == pod.labels:
+            if (old.node_name == pod.node_name and old.requests == pod.requests and old.labels == pod.labels
+                    and old.priority == pod.priority):
                 self.assumed.discard(pod.key)
                 self.pods[pod.key] = pod
+                node = self.nodes.get(pod.node_name)
+                if node is not None and pod.key in node.pods:
+                    node.pods[pod.key] = pod  # same accounting; fresher state (e.g. terminating) for preemption
                 return
             self.remove_pod(pod.key)
         self._add(pod)
@@ -77,6 +86,9 @@ class ClusterCache:
         self.anti_affinity_pods.pop(key, None)
         if pod is None:
             return
+        self.priorities[pod.priority] -= 1
+        if not self.priorities[pod.priority]:
+            del self.priorities[pod.priority]
         for label in pod.labels.items():
             holders = self.pods_by_label.get(label)
             if holders is not None:
@@ -108,6 +120,7 @@ class ClusterCache:
 
     def _add(self, pod: PodInfo) -> None:
         self.pods[pod.key] = pod
+        self.priorities[pod.priority] += 1
         for label in pod.labels.items():
             self.pods_by_label[label].add(pod.key)
         if pod.anti_affinity:
@@ -118,10 +131,36 @@ class ClusterCache:
             node.version += 1
         self.generation += 1
 
+    def has_lower_priority(self, priority: int) -> bool:
+        return any(p < priority for p in self.priorities)
+
+    # ---------------------------------------------------------------- nominated pods
+    def nominate(self, pod: PodInfo, node_name: str) -> None:
+        self.unnominate(pod.key)
+        pod.nominated_node = node_name
+        self.nominated.setdefault(node_name, {})[pod.key] = pod
+        self.nominated_node[pod.key] = node_name
+
+    def unnominate(self, key: str) -> None:
+        node_name = self.nominated_node.pop(key, None)
+        if node_name is not None:
+            pods = self.nominated.get(node_name, {})
+            pods.pop(key, None)
+            if not pods:
+                self.nominated.pop(node_name, None)
+
+    def nominated_for(self, pod: PodInfo, node_name: str) -> list[PodInfo]:
+        """Other pods nominated to the node that ``pod`` must leave room for: those of equal or higher priority."""
+        return [p for k, p in self.nominated.get(node_name, {}).items() if k != pod.key and p.priority >= pod.priority]
+
     # ---------------------------------------------------------------- namespaces
     def upsert_namespace(self, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
         self.namespace_labels[meta.get("name", "")] = meta.get("labels") or {}
+
+    def freed_node(self, name: str) -> None:
+        """A node may have become more attractive outside the cache's own bookkeeping."""
+        self._freed(name)
 
     def _freed(self, name: str) -> None:
         self.generation += 1

@@ -42,7 +42,13 @@ class FitError(Exception):
 
     def __init__(self, pod: PodInfo, total: int, reasons: dict[str, int], unresolvable: int) -> None:
         self.pod, self.total, self.reasons, self.unresolvable = pod, total, reasons, unresolvable
+        # PostFilter's (preemption's) own message once it ran: "" when it nominated a node; None: derive it
+        # from the filter diagnosis (right whenever no pod has a lower priority, preemption's fast answer).
+        self.post_filter: str | None = None
         super().__init__(self.message())
+
+    def __str__(self) -> str:
+        return self.message()
 
     def message(self) -> str:
         if not self.total:
@@ -51,13 +57,18 @@ class FitError(Exception):
         histogram = sorted(f"{n} {reason}" for reason, n in self.reasons.items())
         if histogram:
             text += f" {', '.join(histogram)}."
-        if self.pod.spec.get("preemptionPolicy", "PreemptLowerPriority") != "Never":
+        if self.post_filter is not None:
+            if self.post_filter:
+                text += f" {self.post_filter}"
+        elif self.pod.preempt_never:
+            text += " preemption: not eligible due to preemptionPolicy=Never."
+        else:
             parts = []
             if self.unresolvable:
                 parts.append(f"{self.unresolvable} Preemption is not helpful for scheduling")
             if self.total - self.unresolvable:
                 parts.append(f"{self.total - self.unresolvable} No preemption victims found for incoming pod")
-            text += f" preemption: 0/{self.total} nodes are available: {', '.join(sorted(parts))}.."
+            text += f" preemption: 0/{self.total} nodes are available: {', '.join(sorted(parts))}."
         return text
 
 
@@ -95,6 +106,29 @@ class Algorithm:
         """Return the chosen node's name (the caller assumes it) or raise FitError."""
         if not self.cache.nodes:
             raise FitError(pod, 0, {}, 0)
+        if not self.cache.nominated:
+            return self._schedule(pod)
+        # A pod nominated by preemption tries its node first (kube's evaluateNominatedNode); every pod leaves
+        # room for the nominated pods of equal or higher priority, so nobody lower steals the freed space.
+        nominated = self.cache.nodes.get(self.cache.nominated_node.get(pod.key, ""))
+        reserved = [(node, other) for name in list(self.cache.nominated)
+                    if (node := self.cache.nodes.get(name)) is not None
+                    for other in self.cache.nominated_for(pod, name) if other.key not in self.cache.pods]
+        for node, other in reserved:
+            node.add_pod(other)
+            node.version += 1
+        try:
+            if nominated is not None and plugins.run_filters(
+                    pod, plugins.pre_filter(pod, self.cache), nominated, self.cache) is None:
+                return nominated.name
+            return self._schedule(pod)
+        finally:
+            for node, other in reserved:
+                node.remove_pod(other.key)
+                node.version += 1
+                self.cache.freed_node(node.name)
+
+    def _schedule(self, pod: PodInfo) -> str:
         spec = pod.spec
         if (pod.affinity or pod.preferred_affinity or pod.preferred_anti_affinity
                 or spec.get("topologySpreadConstraints")):

@@ -105,6 +105,14 @@ class PodInfo:
     anti_affinity: list[AffinityTerm] = field(default_factory=list)
     preferred_affinity: list[AffinityTerm] = field(default_factory=list)
     preferred_anti_affinity: list[AffinityTerm] = field(default_factory=list)
+    # What preemption reads: victims being deleted, their start time, the node a preemptor was nominated to.
+    terminating: bool = False
+    start_time: str = ""
+    nominated_node: str = ""
+
+    @property
+    def preempt_never(self) -> bool:
+        return self.spec.get("preemptionPolicy") == "Never"
 
     @property
     def nonzero_cpu(self) -> int:
@@ -118,6 +126,7 @@ class PodInfo:
 def pod_info(obj: Obj) -> PodInfo:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
     ns = meta.get("namespace", "")
     affinity = spec.get("affinity") or {}
     pa = affinity.get("podAffinity") or {}
@@ -130,6 +139,8 @@ def pod_info(obj: Obj) -> PodInfo:
         anti_affinity=_terms(paa.get("requiredDuringSchedulingIgnoredDuringExecution"), ns, False),
         preferred_affinity=_terms(pa.get("preferredDuringSchedulingIgnoredDuringExecution"), ns, True),
         preferred_anti_affinity=_terms(paa.get("preferredDuringSchedulingIgnoredDuringExecution"), ns, True),
+        terminating=bool(meta.get("deletionTimestamp")), start_time=status.get("startTime") or "",
+        nominated_node=status.get("nominatedNodeName") or "",
     )
 
 

@@ -15,6 +15,7 @@ from ultraplane.client.informer import Informer
 from ultraplane.scheduler.cache import ClusterCache
 from ultraplane.scheduler.core import Algorithm, FitError
 from ultraplane.scheduler.model import Obj, PodInfo, pod_info
+from ultraplane.scheduler.preemption import Candidate, Preemption
 from ultraplane.scheduler.queue import SchedulingQueue
 
 log = logging.getLogger("ultraplane.scheduler")
@@ -52,11 +53,17 @@ class Scheduler:
         self.bound = 0
         self.failed = 0
         self.last_failure: dict[str, str] = {}  # pod key -> PodScheduled message already written
+        self.pdbs: dict[str, Obj] = {}  # PodDisruptionBudgets by ns/name, for choosing victims
+        self.preemption = Preemption(self.cache, self.pdbs, self.algorithm.random)
+        self.deleting: set[str] = set()  # victims we asked to delete, until their delete event arrives
+        self.preempted = 0
         self.informers = [
             self._informer("/api/v1/namespaces", {}, self._on_namespace, self._on_namespace, lambda o: None),
             self._informer("/api/v1/nodes", {}, self._on_node, self._on_node, self._on_node_delete),
             self._informer("/api/v1/pods", {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"},
                            self._on_pod_add, self._on_pod_update, self._on_pod_delete),
+            self._informer("/apis/policy/v1/poddisruptionbudgets", {}, self._on_pdb, self._on_pdb,
+                           self._on_pdb_delete),
         ]
 
     def _informer(self, path: str, params: dict[str, str], on_add: Any, on_update: Any, on_delete: Any) -> Informer:
@@ -71,6 +78,14 @@ class Scheduler:
     def _on_node(self, *objs: Obj) -> None:
         self.cache.upsert_node(objs[-1])
         self._cluster_changed()
+
+    def _on_pdb(self, *objs: Obj) -> None:
+        meta = objs[-1].get("metadata") or {}
+        self.pdbs[f"{meta.get('namespace', '')}/{meta.get('name', '')}"] = objs[-1]
+
+    def _on_pdb_delete(self, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        self.pdbs.pop(f"{meta.get('namespace', '')}/{meta.get('name', '')}", None)
 
     def _on_node_delete(self, obj: Obj) -> None:
         self.cache.remove_node((obj.get("metadata") or {}).get("name", ""))
@@ -89,6 +104,8 @@ class Scheduler:
         key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
         self.queue.delete(key)
         self.last_failure.pop(key, None)
+        self.deleting.discard(key)
+        self.cache.unnominate(key)
         if key in self.cache.pods:
             self.cache.remove_pod(key)
             self._cluster_changed()
@@ -100,11 +117,15 @@ class Scheduler:
         if spec.get("nodeName"):
             self.queue.delete(key)
             self.last_failure.pop(key, None)
+            self.cache.unnominate(key)
             self.cache.upsert_pod(obj)
         elif key in self.cache.assumed:
             return  # our binding is in flight
         elif spec.get("schedulerName", DEFAULT_SCHEDULER_NAME) == self.name and not meta.get("deletionTimestamp"):
-            self.queue.add(pod_info(obj))
+            pod = pod_info(obj)
+            if pod.nominated_node and key not in self.cache.nominated_node:
+                self.cache.nominate(pod, pod.nominated_node)  # e.g. nominated by a scheduler before a restart
+            self.queue.add(pod)
             self.wake.set()
 
     def _cluster_changed(self) -> None:
@@ -148,11 +169,75 @@ class Scheduler:
             except FitError as err:
                 self.failed += 1
                 self.queue.unschedulable(pod)
-                self._spawn(self._record_failure(pod, str(err)))
+                nominated = self._post_filter(pod, err)
+                self._spawn(self._record_failure(pod, str(err), nominated))
                 continue
+            self.cache.unnominate(pod.key)
             self.cache.assume(pod, node)
             self.queue.done(pod.key)
             self._spawn(self._bind(pod, node))
+
+    # ---------------------------------------------------------------- preemption (PostFilter)
+    def _post_filter(self, pod: PodInfo, err: FitError) -> str | None:
+        """Try preemption for a pod no node fits. Returns the nominatedNodeName to write ("" clears it), or None
+        to leave it. Skipped (FitError derives the message) when no assigned pod has a lower priority."""
+        nominated = self.cache.nominated_node.get(pod.key)
+        if pod.preempt_never or (nominated is None and not self.cache.has_lower_priority(pod.priority)):
+            return None
+        why = self.preemption.ineligible(pod, self.deleting)
+        if why is not None:
+            err.post_filter = why
+            return None
+        candidate, message = self.preemption.find(pod)
+        err.post_filter = message
+        if candidate is None:
+            self.cache.unnominate(pod.key)
+            return "" if nominated else None
+        self._preempt(pod, candidate)
+        return candidate.node
+
+    def _preempt(self, pod: PodInfo, candidate: Candidate) -> None:
+        self.cache.nominate(pod, candidate.node)
+        log.info("preempting %d pod(s) on %s for %s", len(candidate.victims), candidate.node, pod.key)
+        for victim in candidate.victims:
+            if victim.terminating or victim.key in self.deleting:
+                continue  # its deletion already started
+            self.deleting.add(victim.key)
+            self._spawn(self._delete_victim(victim, pod, candidate.node))
+        # Lower-priority pods nominated to this node may no longer fit there: drop their nomination.
+        for other in list(self.cache.nominated.get(candidate.node, {}).values()):
+            if other.priority < pod.priority:
+                self.cache.unnominate(other.key)
+                self._spawn(self._patch_status(other, {"nominatedNodeName": None}))
+
+    async def _delete_victim(self, victim: PodInfo, preemptor: PodInfo, node: str) -> None:
+        path = f"/api/v1/namespaces/{victim.namespace}/pods/{victim.name}"
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                     "message": f"{self.name}: preempting to accommodate a higher priority pod",
+                     "lastProbeTime": None, "lastTransitionTime": _now().strftime("%Y-%m-%dT%H:%M:%SZ")}
+        async with self.bind_slots:
+            try:
+                await self.client.patch(f"{path}/status", {"status": {"conditions": [condition]}},
+                                        content_type="application/strategic-merge-patch+json")
+                await self.client.delete(path)
+            except (TimeoutError, ApiError, OSError) as exc:
+                if getattr(exc, "code", 0) == 404:
+                    return  # already gone: the room is free
+                log.warning("preempting %s failed: %s", victim.key, exc)
+                self.deleting.discard(victim.key)
+                self._cluster_changed()  # let the preemptor try again
+                return
+        self.preempted += 1
+        await self._event(victim, "Normal", "Preempted", "Preempting",
+                          f"Preempted by pod {preemptor.uid} on node {node}", related=preemptor)
+
+    async def _patch_status(self, pod: PodInfo, status: Obj) -> None:
+        async with self.event_slots:
+            try:
+                await self.client.patch(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status",
+                                        {"status": status}, content_type="application/strategic-merge-patch+json")
+            except (TimeoutError, ApiError, OSError) as exc:
+                log.debug("updating the status of %s failed: %s", pod.key, exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -179,23 +264,23 @@ class Scheduler:
         await self._event(pod, "Normal", "Scheduled", "Binding",
                           f"Successfully assigned {pod.namespace}/{pod.name} to {node}")
 
-    async def _record_failure(self, pod: PodInfo, message: str) -> None:
+    async def _record_failure(self, pod: PodInfo, message: str, nominated: str | None = None) -> None:
+        """FailedScheduling event and PodScheduled=False; ``nominated`` also sets (or with "" clears)
+        status.nominatedNodeName in the same patch, as kube's failure handler does."""
         log.info("unable to schedule pod %s: %s", pod.key, message)
         await self._event(pod, "Warning", "FailedScheduling", "Scheduling", message)
-        if self.last_failure.get(pod.key) == message:
+        if self.last_failure.get(pod.key) == message and nominated is None:
             return  # the condition already says so (kube skips unchanged condition updates too)
         self.last_failure[pod.key] = message
         condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
                      "lastProbeTime": None, "lastTransitionTime": _now().strftime("%Y-%m-%dT%H:%M:%SZ")}
-        async with self.event_slots:
-            try:
-                await self.client.patch(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status",
-                                        {"status": {"conditions": [condition]}},
-                                        content_type="application/strategic-merge-patch+json")
-            except (TimeoutError, ApiError, OSError) as exc:
-                log.debug("updating PodScheduled of %s failed: %s", pod.key, exc)
+        status: Obj = {"conditions": [condition]}
+        if nominated is not None:
+            status["nominatedNodeName"] = nominated or None
+        await self._patch_status(pod, status)
 
-    async def _event(self, pod: PodInfo, kind: str, reason: str, action: str, note: str) -> None:
+    async def _event(self, pod: PodInfo, kind: str, reason: str, action: str, note: str,
+                     related: PodInfo | None = None) -> None:
         now = _now()
         event = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
                  "metadata": {"name": f"{pod.name}.{time.time_ns():x}", "namespace": pod.namespace},
@@ -204,6 +289,9 @@ class Scheduler:
                  "note": note[:1024],
                  "regarding": {"apiVersion": "v1", "kind": "Pod", "namespace": pod.namespace, "name": pod.name,
                                "uid": pod.uid}}
+        if related is not None:
+            event["related"] = {"apiVersion": "v1", "kind": "Pod", "namespace": related.namespace,
+                                "name": related.name, "uid": related.uid}
         async with self.event_slots:
             try:
                 await self.client.create(f"/apis/events.k8s.io/v1/namespaces/{pod.namespace}/events", event)

@@ -562,6 +562,14 @@ class Store:
             raise Compacted()
         return rev
 
+    def count_live(self, key: bytes, end: bytes) -> int:
+        """Live keys in [key, end) in the newest state, writes in flight included: two bisections. For estimates
+        (object counts), where a range at the committed revision would walk every key while writes are pending."""
+        live = self._live
+        if end == b"\0":
+            return len(live) - live.bisect_left(key)
+        return max(0, live.bisect_left(end) - live.bisect_left(key))
+
     def range(self, req: RangeRequest) -> RangeResult:
         key = req.key
         if not key:
