@@ -65,6 +65,17 @@ def ultraplane_command() -> list[str]:
     return [sys.executable, "-m", "ultraplane"]
 
 
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll check every 0.2 s until it returns something truthy (returned), or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for child processes.
 

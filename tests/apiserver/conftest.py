@@ -7,6 +7,7 @@ pointed at it. Tests use distinct namespaces or names so they share one server p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -138,4 +139,17 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     yield c
     c.stop()
     if os.environ.get("ULTRAPLANE_KEEP_TEST_DIRS") != "1":
+        shutil.rmtree(c.work_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def inprocess_cluster(prefix: str, *flags: str) -> Iterator[Cluster]:
+    """A started `ultraplane up` in a fresh directory (``flags`` as for start_inprocess), stopped and removed
+    afterwards: the body of the cluster-level test modules' module fixtures."""
+    c = Cluster("inprocess", Path(tempfile.mkdtemp(prefix=prefix)), free_port())
+    try:
+        c.start_inprocess(*flags)
+        yield c
+    finally:
+        c.stop()
         shutil.rmtree(c.work_dir, ignore_errors=True)

@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config, watch
 
-from tests.apiserver.conftest import Cluster
-from tests.harness import child_env, free_port, ultraplane_command
+from tests.apiserver.conftest import Cluster, inprocess_cluster
+from tests.harness import child_env, ultraplane_command, wait_for
 
 WAIT_S = 30.0
 MIX = "p5.48xlarge=1,m5.large=1,m5.xlarge=1"
@@ -29,28 +26,14 @@ MIX = "p5.48xlarge=1,m5.large=1,m5.xlarge=1"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster("inprocess", Path(tempfile.mkdtemp(prefix="ultraplane-nodes-")), free_port())
-    try:
-        c.start_inprocess("--nodes", "3", "--node-type", MIX)
+    with inprocess_cluster("ultraplane-nodes-", "--nodes", "3", "--node-type", MIX) as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(c.work_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def core(cluster: Cluster) -> client.CoreV1Api:
     return client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
 
-
-def wait_for(check: Any, what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -9,31 +9,19 @@ the official Python client.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config
 
-from tests.apiserver.conftest import Cluster
-from tests.harness import free_port, ultraplane_command
+from tests.apiserver.conftest import Cluster, inprocess_cluster
+from tests.harness import ultraplane_command, wait_for
 
 WAIT_S = 30.0
 NS = "default"
 
-
-def wait_for(check: Any, what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def nodes_command(c: Cluster) -> list[str]:
@@ -43,14 +31,9 @@ def nodes_command(c: Cluster) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster("inprocess", Path(tempfile.mkdtemp(prefix="ultraplane-restarts-")), free_port())
-    try:
-        c.start_inprocess()  # no nodes of its own: ours come with a short back-off
+    with inprocess_cluster("ultraplane-restarts-") as c:  # no nodes of its own: ours come with a short back-off
         c.spawn(nodes_command(c), "nodes")
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(c.work_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,31 +6,22 @@ the Scheduled / FailedScheduling events and the PodScheduled condition.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config
 
-from tests.apiserver.conftest import Cluster
-from tests.harness import free_port
+from tests.apiserver.conftest import Cluster, inprocess_cluster
+from tests.harness import wait_for
 
 WAIT_S = 30.0
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster("inprocess", Path(tempfile.mkdtemp(prefix="ultraplane-sched-")), free_port())
-    try:
-        c.start_inprocess()
+    with inprocess_cluster("ultraplane-sched-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(c.work_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +50,6 @@ def make_pod(core: client.CoreV1Api, ns: str, name: str, requests: dict[str, str
                                     "metadata": {"name": name, "labels": labels or {}},
                                     "spec": {"containers": [container], **spec}})
 
-
-def wait_for(check: Any, what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def bound_node(core: client.CoreV1Api, ns: str, name: str) -> str:

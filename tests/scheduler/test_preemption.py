@@ -5,32 +5,25 @@ scheduler's DefaultPreemption (victims, Preempted events, DisruptionTarget, nomi
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.apiserver.conftest import Cluster
-from tests.harness import free_port
+from tests.apiserver.conftest import Cluster, inprocess_cluster
+from tests.harness import wait_for
+from ultraplane.apiserver.priority import PriorityAdmission
 
 WAIT_S = 30.0
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster("inprocess", Path(tempfile.mkdtemp(prefix="ultraplane-preempt-")), free_port())
-    try:
-        c.start_inprocess("--nodes", "1", "--node-type", "m5.large=1")
+    with inprocess_cluster("ultraplane-preempt-", "--nodes", "1", "--node-type", "m5.large=1") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(c.work_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +35,6 @@ def core(cluster: Cluster) -> client.CoreV1Api:
 def scheduling(core: client.CoreV1Api) -> client.SchedulingV1Api:
     return client.SchedulingV1Api(core.api_client)
 
-
-def wait_for(check: Any, what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +140,47 @@ def test_global_default_class(cluster: Cluster, core: client.CoreV1Api,
     finally:
         scheduling.delete_priority_class("everyday")
     cluster.ok("delete", "namespace", "adm", "--wait=false")
+
+
+def test_default_class_is_read_from_the_watch_cache(cluster: Cluster, core: client.CoreV1Api,
+                                                    scheduling: client.SchedulingV1Api) -> None:
+    """Past the short window in which pod creates read a class written through this server from the
+    store, they read the index the watch cache keeps (no store read per pod), which follows creates
+    and deletes of classes."""
+    cluster.ok("create", "namespace", "idx")
+    settle = PriorityAdmission.FRESH_READ_S + 0.5
+    make_class(scheduling, "later", 300, globalDefault=True)
+    try:
+        time.sleep(settle)
+        core.create_namespaced_pod("idx", pod_body("idx-1", "10m"))
+        spec = core.read_namespaced_pod("idx-1", "idx").spec
+        assert (spec.priority, spec.priority_class_name) == (300, "later")
+    finally:
+        scheduling.delete_priority_class("later")
+    time.sleep(settle)
+    core.create_namespaced_pod("idx", pod_body("idx-2", "10m"))
+    spec = core.read_namespaced_pod("idx-2", "idx").spec
+    assert (spec.priority, spec.priority_class_name, spec.preemption_policy) == (0, None, "PreemptLowerPriority")
+    cluster.ok("delete", "namespace", "idx", "--wait=false")
+
+
+def test_binding_clears_the_nomination(cluster: Cluster, core: client.CoreV1Api, node: str) -> None:
+    """kube-apiserver's pods/binding clears status.nominatedNodeName, whoever set it (1.35's default)."""
+    cluster.ok("create", "namespace", "bind")
+    core.create_namespaced_pod("bind", pod_body("manual-1", "10m", schedulerName="nobody"))
+    core.patch_namespaced_pod_status("manual-1", "bind", {"status": {"nominatedNodeName": node}})
+    assert core.read_namespaced_pod("manual-1", "bind").status.nominated_node_name == node
+    # the answer is a Status, which the client cannot read as a Binding: kept raw
+    core.create_namespaced_pod_binding("manual-1", "bind", {
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": "manual-1", "annotations": {"bound-by": "test"}},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}}, _preload_content=False)
+    bound = core.read_namespaced_pod("manual-1", "bind")
+    assert (bound.spec.node_name, bound.status.nominated_node_name) == (node, None)
+    # setPodNodeAndMetadata also copies the binding's annotations and sets PodScheduled=True
+    assert bound.metadata.annotations["bound-by"] == "test"
+    scheduled = [c for c in bound.status.conditions or [] if c.type == "PodScheduled"]
+    assert [c.status for c in scheduled] == ["True"] and scheduled[0].last_transition_time is not None
+    cluster.ok("delete", "namespace", "bind", "--wait=false")
 
 
 # ---------------------------------------------------------------------------- preemption

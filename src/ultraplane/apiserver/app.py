@@ -34,6 +34,7 @@ from ultraplane.apiserver.registry import (
     Strategy,
     WriteOptions,
     get_path,
+    now_rfc3339,
     set_path,
 )
 from ultraplane.apiserver.server import Request, Response
@@ -665,14 +666,30 @@ class ApiServer:
                 raise errors.conflict("", "pods/binding", pod_name,
                                       f'pod {pod_name} is already assigned to node "{current}"')
             pod["spec"]["nodeName"] = target
-            # kube-apiserver's setPodNodeAndMetadata (ClearingNominatedNodeNameAfterBinding, on by default
-            # since 1.35): a bound pod's nomination is stale, whoever set it
+            # kube-apiserver's setPodNodeAndMetadata: the binding's annotations are copied onto the pod, and
+            # PodScheduled becomes True
+            extra = (body.get("metadata") or {}).get("annotations")
+            if isinstance(extra, dict) and extra:
+                pod["metadata"].setdefault("annotations", {}).update(extra)
             status = pod.get("status")
-            if isinstance(status, dict):
-                status.pop("nominatedNodeName", None)
+            if not isinstance(status, dict):
+                status = pod["status"] = {}
+            conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
+            scheduled = next((c for c in conditions if c.get("type") == "PodScheduled"), None)
+            if scheduled is None:
+                conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                                   "lastTransitionTime": now_rfc3339()})
+            elif scheduled.get("status") != "True":
+                scheduled.update({"status": "True", "lastTransitionTime": now_rfc3339()})
+                scheduled.pop("reason", None)
+                scheduled.pop("message", None)
+            status["conditions"] = conditions
+            # (ClearingNominatedNodeNameAfterBinding, on by default since 1.35): a bound pod's nomination is
+            # stale, whoever set it
+            status.pop("nominatedNodeName", None)
             return pod
 
-        await self.registry.guaranteed_update(s, ns, pod_name, assign, wo)
+        await self.registry.guaranteed_update(s, ns, pod_name, assign, wo, writes_status=True)
         return json_response(201, errors.success_status())
 
     def scale_of(self, s: Strategy, obj: Obj) -> Obj:

@@ -20,6 +20,7 @@ import copy
 import datetime as dt
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -148,8 +149,15 @@ class Strategy:
 
 
 # ============================================================================ helpers
+_rfc3339_cache: list[Any] = [0, ""]  # (whole second, its text): every write stamps managedFields with it
+
+
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = int(time.time())
+    if _rfc3339_cache[0] != second:
+        _rfc3339_cache[0] = second
+        _rfc3339_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+    return _rfc3339_cache[1]
 
 
 def decode(raw: bytes, revision: int) -> Obj:
@@ -1005,7 +1013,7 @@ class Registry:
 
     async def guaranteed_update(self, s: Strategy, namespace: str, name: str, mutate: Callable[[Obj], Obj],
                                 wo: WriteOptions, *, subresource: str = "", precondition_rv: str = "",
-                                operation: str = "Update", applied: Obj | None = None) -> Obj:
+                                operation: str = "Update", applied: Obj | None = None, writes_status: bool = False) -> Obj:
         backend = self.backend_for(s)
         key = s.key(namespace, name)
         for _attempt in range(32):
@@ -1019,7 +1027,7 @@ class Registry:
             admitting = self.admit_write("UPDATE", s, namespace, name, subresource, new, current)
             if admitting is not None:
                 await admitting
-            new = self.prepare_update(s, new, current, subresource)
+            new = self.prepare_update(s, new, current, subresource, writes_status)
             hook = self.update_admission.get(s.plural) if not subresource else None
             change = await hook(new, current) if hook is not None else None
             try:
@@ -1076,7 +1084,10 @@ class Registry:
         return {k: v for k, v in new.items() if k != "metadata"} == {k: v for k, v in current.items()
                                                                       if k != "metadata"}
 
-    def prepare_update(self, s: Strategy, new: Obj, current: Obj, subresource: str) -> Obj:
+    def prepare_update(self, s: Strategy, new: Obj, current: Obj, subresource: str,
+                       writes_status: bool = False) -> Obj:
+        """`writes_status`: a server-side change of spec and status in one write (pods/binding, which
+        kube-apiserver writes to storage directly), so status is not reset to the stored one."""
         meta = new["metadata"]
         cur_meta = current["metadata"]
         if subresource == "status":
@@ -1098,7 +1109,7 @@ class Registry:
         meta["resourceVersion"] = cur_meta.get("resourceVersion")
         if "managedFields" not in meta and "managedFields" in cur_meta:
             meta["managedFields"] = cur_meta["managedFields"]
-        if s.has_status():
+        if s.has_status() and not writes_status:
             if "status" in current:
                 new["status"] = current["status"]
             else:

@@ -109,7 +109,10 @@ class EventCorrelator:
         self.interval = interval
         self.aggregates: OrderedDict[int, _Aggregate] = OrderedDict()
         self.logs: OrderedDict[int, EventLog] = OrderedDict()
-        self.spam: OrderedDict[int, list[float]] = OrderedDict()  # key -> [tokens, last refill]
+        # key -> the time the bucket was (virtually) empty: tokens at t = min(burst, (t - empty) * qps), so
+        # one float per object holds what client-go's token bucket keeps as tokens + last refill
+        self.spam: OrderedDict[int, float] = OrderedDict()
+        self._stamp: str = ""  # the last firstTimestamp kept: events of one second share the string
 
     def correlate(self, event: Obj, now: float) -> EventLog | None:
         """The Event to write for this occurrence (its `pending` body set), or None when the spam filter
@@ -166,21 +169,22 @@ class EventCorrelator:
             log.count += 1
             return log
         meta = event.get("metadata") or {}
-        log = EventLog(meta.get("name", ""), meta.get("namespace", ""), int(event.get("count") or 1),
-                       event.get("firstTimestamp") or "")
+        first = event.get("firstTimestamp") or ""
+        if first == self._stamp:
+            first = self._stamp
+        else:
+            self._stamp = first
+        log = EventLog(meta.get("name", ""), meta.get("namespace", ""), int(event.get("count") or 1), first)
         _lru_add(self.logs, key, log, self.cache_size)
         return log
 
     def _accept(self, key: int, now: float) -> bool:
         """EventSourceObjectSpamFilter: a token bucket per source + object, starting full."""
-        bucket = _lru_get(self.spam, key)
-        if bucket is None:
-            bucket = [float(self.burst), now]
-            _lru_add(self.spam, key, bucket, self.cache_size)
-        else:
-            bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.qps)
-            bucket[1] = now
-        if bucket[0] >= 1.0:
-            bucket[0] -= 1.0
-            return True
-        return False
+        full = now - self.burst / self.qps  # an empty time this early means a full bucket
+        empty = self.spam.get(key)
+        empty = full if empty is None or empty < full else empty
+        accepted = (now - empty) * self.qps >= 1.0
+        if accepted:
+            empty += 1.0 / self.qps  # one token taken
+        _lru_add(self.spam, key, empty, self.cache_size)
+        return accepted

@@ -33,6 +33,7 @@ from ultraplane.nodes.containers import (
     stop_seconds,
     will_restart,
 )
+from ultraplane.nodes.events import EventCorrelator, EventLog
 from ultraplane.nodes.ipam import Ec2Api, NodeAddresses, ZoneSubnet, zone_subnets
 from ultraplane.nodes.objects import LEASE_NAMESPACE, Obj
 from ultraplane.nodes.startup import PullModel, RunPlan, image_id, image_size_mb, parallel_override, run_plan
@@ -106,7 +107,7 @@ class WriteQueue:
 class SimNode:
     __slots__ = ("index", "name", "itype", "zone", "ip", "addresses", "uid", "lease", "alive", "registered",
                  "lease_queued", "status_queued", "status_due", "ready_since", "images", "attach_lock", "pods",
-                 "queued_events")
+                 "queued_events", "events")
 
     def __init__(self, index: int, name: str, itype: InstanceType, zone: str, ip: str,
                  addresses: NodeAddresses) -> None:
@@ -125,6 +126,7 @@ class SimNode:
         self.status_due = 0.0
         self.ready_since: str | None = None
         self.queued_events = 0  # this kubelet's events not yet sent (its broadcaster's queue)
+        self.events: EventCorrelator | None = None  # its recorder's correlator, made on its first event
         self.images: set[str] = set()
         self.attach_lock = asyncio.Lock()
         self.pods: set[str] = set()  # uids
@@ -167,8 +169,10 @@ class Stats:
     pods_finished: int = 0
     container_restarts: int = 0
     pods_deleted: int = 0
-    events: int = 0
-    events_dropped: int = 0
+    events: int = 0  # Event writes that landed (creates and count patches)
+    event_patches: int = 0
+    events_dropped: int = 0  # the broadcaster's queue was full
+    events_filtered: int = 0  # the correlator's spam filter
     write_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
 
 
@@ -537,23 +541,64 @@ class NodeSimulator:
                 raise
 
     def _event(self, state: PodState, container: str, kind: str, reason: str, message: str) -> None:
+        """Record an event as the kubelet's recorder does: through its EventCorrelator (events.py), so a
+        repeat becomes a count PATCH of the first Event, similar ones are aggregated and a chatty pod
+        is throttled."""
         if not self.cfg.events:
             return
         node = state.node
         if node.queued_events >= MAX_QUEUED_EVENTS:
             self.stats.events_dropped += 1  # client-go's broadcaster drops when its queue is full
             return
-        event = objects.pod_event(state.pod, node.name, container, kind, reason, message, _now())
+        now = time.time()
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        event = objects.pod_event(state.pod, node.name, container, kind, reason, message, at)
+        if node.events is None:
+            node.events = EventCorrelator()
+        entry = node.events.correlate(event, now)
+        if entry is None:
+            self.stats.events_filtered += 1
+            return
+        if entry.queued:  # its write is queued or in flight: that write (or the one after it) carries this
+            return
+        entry.queued = True
         node.queued_events += 1
-        self.queue.put(EVENT, lambda: self._post_event(node, state.namespace, event))
+        self.queue.put(EVENT, lambda: self._send_event(node, entry))
 
-    async def _post_event(self, node: SimNode, namespace: str, event: Obj) -> None:
+    async def _send_event(self, node: SimNode, entry: EventLog) -> None:
+        """Write the Event's newest state; one write at a time per Event, so counts land in order."""
         node.queued_events -= 1
         try:
-            await self.client.create(f"/api/v1/namespaces/{namespace}/events", event)
+            while (body := entry.pending) is not None:
+                entry.pending = None
+                await self._write_event(entry, body)
+        finally:
+            entry.queued = False
+
+    async def _write_event(self, entry: EventLog, body: Obj) -> None:
+        path = f"/api/v1/namespaces/{entry.namespace}/events"
+        try:
+            if entry.created:
+                try:
+                    # client-go's two-way merge patch against a copy with count 0, lastTimestamp at the
+                    # epoch and no message: exactly these three fields
+                    await self.client.patch(f"{path}/{entry.name}", {
+                        "count": body.get("count"), "lastTimestamp": body.get("lastTimestamp"),
+                        "message": body.get("message")})
+                    self.stats.events += 1
+                    self.stats.event_patches += 1
+                    return
+                except ApiError as exc:
+                    if exc.code != 404:
+                        raise
+                    entry.created = False  # gone (its TTL, or deleted): recreated with the count so far
+            await self.client.create(path, body)
+            entry.created = True
             self.stats.events += 1
         except ApiError as exc:  # the recorder drops what the server refuses (a namespace being deleted)
-            if exc.code not in (403, 404, 409):
+            if exc.code == 409:
+                entry.created = True  # already there: an earlier create landed though its answer did not
+            elif exc.code not in (403, 404):
                 raise
 
     async def _attach_block(self, node: SimNode) -> None:
@@ -772,5 +817,7 @@ class NodeSimulator:
                 "statusPosts": self.stats.status_posts, "podWrites": self.stats.pod_writes,
                 "pods": len(self.pods), "podsRunning": self.stats.pods_running,
                 "podsFinished": self.stats.pods_finished, "containerRestarts": self.stats.container_restarts,
-                "events": self.stats.events, "eventsDropped": self.stats.events_dropped, "queued": len(self.queue),
+                "events": self.stats.events, "eventPatches": self.stats.event_patches,
+                "eventsDropped": self.stats.events_dropped, "eventsFiltered": self.stats.events_filtered,
+                "queued": len(self.queue),
                 "ec2Calls": self.cfg.ec2.calls, "prefixDelegation": self.cfg.prefix_delegation}
