@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,28 +56,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def tree_usage(pid: int) -> tuple[float, float]:
-    """RSS (GiB) and CPU seconds of a process and all its descendants, from /proc."""
-    rss = cpu = 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(stat[11]) + int(stat[12])) / ticks
-            rss += int(stat[21]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (OSError, IndexError):
-            continue
-        pending.extend(int(c) for c in children)
-    return rss, cpu
-
-
-def component_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per control-plane component (the `ultraplane <command>` of each process in the tree)."""
-    out: dict[str, float] = {}
-    ticks = os.sysconf("SC_CLK_TCK")
+def process_tree(pid: int) -> Iterator[tuple[list[str], list[bytes]]]:
+    """(/proc stat fields after the command name, argv) of a process and all its descendants."""
     pending = [pid]
     while pending:
         current = pending.pop()
@@ -86,9 +67,29 @@ def component_cpu(pid: int) -> dict[str, float]:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except (OSError, IndexError):
             continue
-        name = argv[argv.index(b"ultraplane") + 1].decode() if b"ultraplane" in argv[:-1] else "other"
-        out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / ticks
+        yield stat, argv
         pending.extend(int(c) for c in children)
+
+
+def cpu_seconds(stat: list[str]) -> float:
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_usage(pid: int) -> tuple[float, float]:
+    """RSS (GiB) and CPU seconds of a process and all its descendants, from /proc."""
+    rss = cpu = 0.0
+    for stat, _argv in process_tree(pid):
+        cpu += cpu_seconds(stat)
+        rss += int(stat[21]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return rss, cpu
+
+
+def component_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per control-plane component (the `ultraplane <command>` of each process in the tree)."""
+    out: dict[str, float] = {}
+    for stat, argv in process_tree(pid):
+        name = argv[argv.index(b"ultraplane") + 1].decode() if b"ultraplane" in argv[:-1] else "other"
+        out[name] = out.get(name, 0.0) + cpu_seconds(stat)
     return out
 
 

@@ -38,8 +38,8 @@ from ultraplane.apiserver.rbac import (
 )
 from ultraplane.apiserver.registry import ListOptions, Obj, Registry, Strategy
 from ultraplane.apiserver.selectors import SelectorError, parse_field_selector
-from ultraplane.apiserver.storage import RevisionCompacted
 from ultraplane.apiserver.validation import go_quote
+from ultraplane.apiserver.watchcache import follow
 
 log = logging.getLogger("ultraplane.apiserver.nodeauthz")
 
@@ -476,34 +476,8 @@ class GraphSync:
     async def follow(self, plural: str, after: int) -> None:
         s = self.kinds[plural]
         apply = self.apply_pod_event if plural == "pods" else self.apply_pv_event
-        while True:
-            try:
-                sub = self.registry.cache_for(s).subscribe(s.prefix, s.prefix, False, after)
-            except RevisionCompacted:
-                after = await self._reload(plural, s)
-                continue
-            try:
-                while not sub.ended:
-                    await sub.wait(60.0)
-                    while sub.queue:
-                        ev = sub.queue.popleft()
-                        try:
-                            apply(ev)
-                        except Exception:  # one unreadable object must not stop the graph from following
-                            log.exception("node graph: applying %s event at %d failed", plural, ev.revision)
-                        after = ev.revision
-            finally:
-                sub.close()
-            log.warning("node graph watch on %s ended (%s); re-listing", plural, sub.ended)
-            after = await self._reload(plural, s)
-
-    async def _reload(self, plural: str, s: Strategy) -> int:
-        while True:
-            try:
-                return await self._list(plural, s)
-            except Exception:
-                log.warning("node graph: re-listing %s failed; retrying", plural, exc_info=True)
-                await asyncio.sleep(1.0)
+        await follow(self.registry.cache_for(s), s.prefix, after, apply, lambda: self._list(plural, s),
+                     f"node graph {plural}")
 
     async def run(self, revisions: dict[str, int]) -> None:
         current_user.set(None)

@@ -27,8 +27,8 @@ from typing import Any
 from ultraplane.apiserver import errors, validation
 from ultraplane.apiserver.rbac import current_user
 from ultraplane.apiserver.registry import ListOptions, Obj, Registry, Strategy, WriteOptions
-from ultraplane.apiserver.storage import RevisionCompacted
 from ultraplane.apiserver.validation import go_quote
+from ultraplane.apiserver.watchcache import follow
 
 log = logging.getLogger("ultraplane.apiserver.priority")
 
@@ -138,38 +138,12 @@ class ClassIndex:
         self.loaded = True
         return int(listed["metadata"]["resourceVersion"])
 
-    async def _reload(self) -> int:
-        while True:
-            try:
-                return await self.load()
-            except Exception:
-                log.warning("priority classes: re-listing failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
-
     async def run(self, after: int) -> None:
         """Apply every priorityclasses event after `after`; a cut subscription or lost history re-lists."""
         current_user.set(None)
         s = self.strategy
-        while True:
-            try:
-                sub = self.registry.cache_for(s).subscribe(s.prefix, s.prefix, False, after)
-            except RevisionCompacted:
-                after = await self._reload()
-                continue
-            try:
-                while not sub.ended:
-                    await sub.wait(60.0)
-                    while sub.queue:
-                        ev = sub.queue.popleft()
-                        try:
-                            self.apply(ev.obj(), ev.deleted)
-                        except Exception:  # one unreadable object must not stop the index from following
-                            log.exception("priority classes: applying the event at %d failed", ev.revision)
-                        after = ev.revision
-            finally:
-                sub.close()
-            log.warning("priority class watch ended (%s); re-listing", sub.ended)
-            after = await self._reload()
+        await follow(self.registry.cache_for(s), s.prefix, after, lambda ev: self.apply(ev.obj(), ev.deleted),
+                     self.load, "priority classes")
 
 
 class PriorityAdmission:

@@ -19,7 +19,7 @@ from ultraplane.apiserver import errors, rbac_policy
 from ultraplane.apiserver.rbac import GROUP, RbacAuthorizer, current_user
 from ultraplane.apiserver.registry import ListOptions, Obj, Registry, Strategy, WriteOptions
 from ultraplane.apiserver.selectors import SelectorError, label_selector_from_dict
-from ultraplane.apiserver.storage import RevisionCompacted
+from ultraplane.apiserver.watchcache import CachedEvent, follow
 
 log = logging.getLogger("ultraplane.apiserver.rbac")
 
@@ -69,38 +69,17 @@ class RbacSync:
     async def follow(self, plural: str, after: int) -> None:
         """Apply the watch cache's events for one resource from ``after`` on, forever."""
         s = self.kinds[plural]
-        while True:
-            cache = self.registry.cache_for(s)
-            try:
-                sub = cache.subscribe(s.prefix, s.prefix, False, after)
-            except RevisionCompacted:
-                after = await self._reload(plural, s)
-                continue
-            try:
-                while not sub.ended:
-                    await sub.wait(60.0)
-                    while sub.queue:
-                        ev = sub.queue.popleft()
-                        try:
-                            obj = ev.obj()
-                            if obj is not None:
-                                self.apply(plural, obj, ev.deleted)
-                        except Exception:  # one unreadable object must not stop authorization from following
-                            log.exception("RBAC: applying %s event at %d failed", plural, ev.revision)
-                        after = ev.revision
-            finally:
-                sub.close()
-            log.warning("RBAC watch on %s ended (%s); re-listing", plural, sub.ended)
-            after = await self._reload(plural, s)
 
-    async def _reload(self, plural: str, s: Strategy) -> int:
-        while True:
-            try:
-                listed = await self.registry.list(s, "", ListOptions())
-                break
-            except Exception:
-                log.warning("re-listing %s failed; retrying", plural, exc_info=True)
-                await asyncio.sleep(1.0)
+        def apply(ev: CachedEvent) -> None:
+            obj = ev.obj()
+            if obj is not None:
+                self.apply(plural, obj, ev.deleted)
+
+        await follow(self.registry.cache_for(s), s.prefix, after, apply, lambda: self._relist(plural, s),
+                     f"RBAC {plural}")
+
+    async def _relist(self, plural: str, s: Strategy) -> int:
+        listed = await self.registry.list(s, "", ListOptions())
         seen = set()
         for item in listed["items"]:
             meta = item["metadata"]

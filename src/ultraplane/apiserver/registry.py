@@ -684,9 +684,16 @@ class Registry:
         self.namespace_cleanup = True
 
     def decode(self, s: Strategy, raw: bytes, revision: int, key: bytes = b"") -> Obj:
+        return self._decode_plain(s, self.plaintext(s, raw, key), revision)
+
+    def plaintext(self, s: Strategy, raw: bytes, key: bytes) -> bytes:
         if self.encryption is not None and raw.startswith(b"k8s:enc:"):
-            raw = self.decrypt(s, key, raw)
-        obj = decode(raw, revision)
+            return self.decrypt(s, key, raw)
+        return raw
+
+    @staticmethod
+    def _decode_plain(s: Strategy, plain: bytes, revision: int) -> Obj:
+        obj = decode(plain, revision)
         return s.from_storage(obj) if s.from_storage is not None else obj
 
     def encode(self, s: Strategy, obj: Obj, key: bytes = b"") -> bytes:
@@ -777,14 +784,8 @@ class Registry:
         _, stored = await self.backend_for(s).get(s.key(namespace, name))
         if stored is None:
             raise errors.not_found(s.group, s.plural, name)
-        raw = stored.value
-        if self.encryption is not None and raw.startswith(b"k8s:enc:"):
-            raw = self.decrypt(s, stored.key, raw)
-        rev = stored.mod_revision
-        first, second = decode(raw, rev), decode(raw, rev)
-        if s.from_storage is not None:
-            first, second = s.from_storage(first), s.from_storage(second)
-        return first, second, rev
+        plain, rev = self.plaintext(s, stored.value, stored.key), stored.mod_revision
+        return self._decode_plain(s, plain, rev), self._decode_plain(s, plain, rev), rev
 
     async def get(self, s: Strategy, namespace: str, name: str) -> Obj:
         return (await self.read(s, namespace, name))[0]

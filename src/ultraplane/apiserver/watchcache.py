@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -395,3 +395,40 @@ class WatchCache:
         watchers = self.resources.get(sub.resource_prefix)
         if watchers is not None and watchers.remove(sub) and not watchers.count:
             del self.resources[sub.resource_prefix]
+
+
+async def follow(cache: WatchCache, prefix: bytes, after: int, apply: Callable[[CachedEvent], None],
+                 relist: Callable[[], Awaitable[int]], what: str) -> None:
+    """Keep an in-process index current: apply each of the cache's events under prefix after revision
+    ``after``, forever. When the subscription ends or its history is compacted, ``relist`` (retried every
+    second until it succeeds) rebuilds the index and returns the revision to follow from. The RBAC
+    binding index, the node authorizer's graph and the PriorityClass index follow this way."""
+
+    async def relisted() -> int:
+        while True:
+            try:
+                return await relist()
+            except Exception:
+                log.warning("%s: re-listing failed; retrying", what, exc_info=True)
+                await asyncio.sleep(1.0)
+
+    while True:
+        try:
+            sub = cache.subscribe(prefix, prefix, False, after)
+        except RevisionCompacted:
+            after = await relisted()
+            continue
+        try:
+            while not sub.ended:
+                await sub.wait(60.0)
+                while sub.queue:
+                    ev = sub.queue.popleft()
+                    try:
+                        apply(ev)
+                    except Exception:  # one unreadable object must not stop the index from following
+                        log.exception("%s: applying the event at %d failed", what, ev.revision)
+                    after = ev.revision
+        finally:
+            sub.close()
+        log.warning("%s: watch ended (%s); re-listing", what, sub.ended)
+        after = await relisted()

@@ -10,14 +10,13 @@ server's eviction path (apiserver/policy.py), so both always agree.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from typing import Any
 
 from ultraplane.apiserver.policy import compute_status
 from ultraplane.apiserver.selectors import SelectorError, label_selector_from_dict
 from ultraplane.client.http import MERGE, ApiError, KubeClient
-from ultraplane.client.informer import object_key
 from ultraplane.controllers.base import Controller, InformerFactory
+from ultraplane.controllers.podcontrol import namespace_index
 
 Obj = dict[str, Any]
 PDBS = "/apis/policy/v1/poddisruptionbudgets"
@@ -42,17 +41,10 @@ class DisruptionController(Controller):
         self.pods = informers.informer("/api/v1/pods")
         self.pdbs.add_handler(self.enqueue, lambda old, new: self.enqueue(new), None)
         self.pods.add_handler(self.pod_changed, lambda old, new: self.pod_changed(old, new), self.pod_changed)
-        self.pods_by_namespace: dict[str, set[str]] = defaultdict(set)
+        self.pods_by_ns = namespace_index(self.pods)
 
     def pod_changed(self, *objs: Obj) -> None:
-        pod = objs[-1]
-        meta = pod.get("metadata") or {}
-        namespace = meta.get("namespace", "")
-        key = object_key(pod)
-        if key in self.pods.store:
-            self.pods_by_namespace[namespace].add(key)
-        else:
-            self.pods_by_namespace[namespace].discard(key)
+        namespace = (objs[-1].get("metadata") or {}).get("namespace", "")
         labels = [(o.get("metadata") or {}).get("labels") or {} for o in objs]
         for pdb in self.pdbs.store.values():
             if pdb["metadata"].get("namespace") != namespace:
@@ -81,7 +73,7 @@ class DisruptionController(Controller):
         if pdb is None:
             return
         namespace = pdb["metadata"]["namespace"]
-        pods = [p for k in self.pods_by_namespace.get(namespace, ()) if (p := self.pods.get(k)) is not None]
+        pods = self.pods_by_ns.list(namespace)
         try:
             status = await compute_status(pdb, pods, dt.datetime.now(dt.UTC), self.replicas_of)
         except SelectorError:

@@ -10,12 +10,12 @@ selector matched its old or new labels. `ServicePods` is shared with the Endpoin
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from ultraplane.client.http import ApiError, KubeClient
 from ultraplane.client.informer import object_key
 from ultraplane.controllers.base import Controller, InformerFactory
+from ultraplane.controllers.podcontrol import namespace_index
 
 Obj = dict[str, Any]
 SERVICES = "/api/v1/services"
@@ -69,6 +69,17 @@ def endpoint_port(service_port: Obj, number: int) -> Obj:
     return port
 
 
+def resolved_ports(pod: Obj, spec: Obj) -> list[Obj] | None:
+    """The service's ports as this pod serves them; None when the service has ports and none resolves on
+    the pod (it is left out of Endpoints and EndpointSlices alike)."""
+    ports = []
+    for service_port in spec.get("ports") or []:
+        number = resolve_port(pod, service_port)
+        if number is not None:
+            ports.append(endpoint_port(service_port, number))
+    return None if spec.get("ports") and not ports else ports
+
+
 def target_ref(pod: Obj) -> Obj:
     meta = pod["metadata"]
     return {"kind": "Pod", "namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid")}
@@ -91,19 +102,12 @@ class ServicePods(Controller):
         super().__init__(client, informers)
         self.services = informers.informer(SERVICES)
         self.pods = informers.informer(PODS)
-        self.pods_by_ns: dict[str, set[str]] = defaultdict(set)
+        self.pods_by_ns = namespace_index(self.pods)
         self.services.add_handler(self.enqueue, lambda old, new: self.enqueue(new), self.enqueue)
         self.pods.add_handler(self.pod_changed, self.pod_changed, self.pod_changed)
 
     def pod_changed(self, *objs: Obj) -> None:
-        pod = objs[-1]
-        meta = pod.get("metadata") or {}
-        namespace = meta.get("namespace", "")
-        key = object_key(pod)
-        if key in self.pods.store:
-            self.pods_by_ns[namespace].add(key)
-        else:
-            self.pods_by_ns[namespace].discard(key)
+        namespace = (objs[-1].get("metadata") or {}).get("namespace", "")
         if len(objs) == 2 and not self.relevant_change(objs[0], objs[1]):
             return
         labels = [(o.get("metadata") or {}).get("labels") or {} for o in objs]
@@ -127,12 +131,8 @@ class ServicePods(Controller):
     def service_pods(self, service: Obj) -> list[Obj]:
         namespace = service["metadata"]["namespace"]
         selector = service["spec"]["selector"]
-        found = []
-        for key in sorted(self.pods_by_ns.get(namespace, ())):
-            pod = self.pods.get(key)
-            if pod is not None and selector_matches(selector, pod["metadata"].get("labels")):
-                found.append(pod)
-        return found
+        return [pod for pod in sorted(self.pods_by_ns.list(namespace), key=object_key)
+                if selector_matches(selector, pod["metadata"].get("labels"))]
 
 
 class EndpointsController(ServicePods):
@@ -193,12 +193,8 @@ class EndpointsController(ServicePods):
         for pod in self.service_pods(service):
             if not should_be_in_endpoints(pod, publish):
                 continue
-            ports = []
-            for service_port in spec.get("ports") or []:
-                number = resolve_port(pod, service_port)
-                if number is not None:
-                    ports.append(endpoint_port(service_port, number))
-            if spec.get("ports") and not ports:
+            ports = resolved_ports(pod, spec)
+            if ports is None:
                 continue
             address: Obj = {"ip": pod_ip(pod)}
             hostname = pod_hostname(pod, service)

@@ -20,11 +20,10 @@ from ultraplane.client.http import ApiError, KubeClient
 from ultraplane.controllers.base import InformerFactory
 from ultraplane.controllers.endpoints import (
     ServicePods,
-    endpoint_port,
     pod_hostname,
     pod_ip,
     pod_ready,
-    resolve_port,
+    resolved_ports,
     should_be_in_endpoints,
     target_ref,
 )
@@ -109,12 +108,8 @@ class EndpointSliceController(ServicePods):
                     continue
             except ValueError:
                 continue
-            ports = []
-            for service_port in spec.get("ports") or []:
-                number = resolve_port(pod, service_port)
-                if number is not None:
-                    ports.append(endpoint_port(service_port, number))
-            if spec.get("ports") and not ports:
+            ports = resolved_ports(pod, spec)
+            if ports is None:
                 continue
             serving = publish or pod_ready(pod)
             terminating = bool(pod["metadata"].get("deletionTimestamp"))

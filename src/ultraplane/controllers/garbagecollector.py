@@ -303,24 +303,22 @@ class GarbageCollector:
 
     # ------------------------------------------------------------------ writes
     async def set_owner_refs(self, node: Node, obj: Obj, refs: list[Obj]) -> None:
-        meta = obj["metadata"]
-        if refs == (meta.get("ownerReferences") or []):
-            return
-        ops: list[Obj] = [{"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
-                          {"op": "test", "path": "/metadata/ownerReferences", "value": meta.get("ownerReferences")}]
-        ops.append({"op": "replace", "path": "/metadata/ownerReferences", "value": refs} if refs
-                   else {"op": "remove", "path": "/metadata/ownerReferences"})
-        await self._patch(node, ops)
+        await self._set_meta_list(node, obj, "ownerReferences", refs)
 
     async def remove_finalizer(self, node: Node, obj: Obj, finalizer: str) -> None:
+        await self._set_meta_list(node, obj, "finalizers",
+                                  [f for f in obj["metadata"].get("finalizers") or [] if f != finalizer])
+
+    async def _set_meta_list(self, node: Node, obj: Obj, field: str, value: list[Any]) -> None:
+        """A JSON patch of metadata.<field> that applies only to this object as we saw it (uid and the
+        field's current value are tested), emptying by removing the field."""
         meta = obj["metadata"]
-        kept = [f for f in meta.get("finalizers") or [] if f != finalizer]
-        if finalizer not in (meta.get("finalizers") or []):
+        if value == (meta.get(field) or []):
             return
         ops: list[Obj] = [{"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
-                          {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")}]
-        ops.append({"op": "replace", "path": "/metadata/finalizers", "value": kept} if kept
-                   else {"op": "remove", "path": "/metadata/finalizers"})
+                          {"op": "test", "path": f"/metadata/{field}", "value": meta.get(field)}]
+        ops.append({"op": "replace", "path": f"/metadata/{field}", "value": value} if value
+                   else {"op": "remove", "path": f"/metadata/{field}"})
         await self._patch(node, ops)
 
     async def _patch(self, node: Node, ops: list[Obj]) -> None:
