@@ -118,6 +118,12 @@ class KubeClient:
         creds = await asyncio.to_thread(kubeconfig.load, path, context)
         return cls(creds.server, creds.ssl_context, creds.token, **kwargs)
 
+    @classmethod
+    def from_kubeconfig_data(cls, config: dict[str, Any], context: str | None = None, **kwargs: Any) -> KubeClient:
+        """From a parsed, self-contained kubeconfig (e.g. one kept in a Secret)."""
+        creds = kubeconfig.from_config(config, context)
+        return cls(creds.server, creds.ssl_context, creds.token, **kwargs)
+
     # ------------------------------------------------------------------ verbs
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Obj:
         return await self.request("GET", path, params)

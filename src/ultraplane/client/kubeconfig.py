@@ -44,7 +44,38 @@ def _material(section: dict[str, Any], key: str, base: Path) -> bytes | None:
 
 def load(path: str | os.PathLike[str], context: str | None = None) -> Credentials:
     file = Path(path)
+    return from_config(yaml.safe_load(file.read_text()) or {}, context, file.parent)
+
+
+def flatten(path: str | os.PathLike[str], context: str | None = None) -> dict[str, Any]:
+    """A self-contained kubeconfig of one context: file references inlined as `-data`, other contexts dropped
+    (what `kubectl config view --flatten --minify` prints), for storing a cluster's credentials elsewhere."""
+    file = Path(path)
     config = yaml.safe_load(file.read_text()) or {}
+    context_name = context or config.get("current-context")
+    if not context_name:
+        raise KubeconfigError("kubeconfig has no current-context")
+    ctx = _named(config.get("contexts"), context_name, "context")
+    cluster = dict(_named(config.get("clusters"), ctx.get("cluster", ""), "cluster"))
+    user = dict(_named(config.get("users"), ctx.get("user", ""), "user")) if ctx.get("user") else {}
+    for section, keys in ((cluster, ("certificate-authority",)), (user, ("client-certificate", "client-key"))):
+        for key in keys:
+            material = _material(section, key, file.parent)
+            section.pop(key, None)
+            if material:
+                section[f"{key}-data"] = base64.b64encode(material).decode()
+    if user.get("tokenFile"):
+        user["token"] = (file.parent / user.pop("tokenFile")).read_text().strip()
+    return {"apiVersion": "v1", "kind": "Config", "current-context": context_name,
+            "contexts": [{"name": context_name, "context": {"cluster": ctx.get("cluster", ""),
+                                                           "user": ctx.get("user", "")}}],
+            "clusters": [{"name": ctx.get("cluster", ""), "cluster": cluster}],
+            "users": [{"name": ctx.get("user", ""), "user": user}] if ctx.get("user") else []}
+
+
+def from_config(config: dict[str, Any], context: str | None = None, base: Path | None = None) -> Credentials:
+    """Credentials from a parsed kubeconfig; relative file references resolve against `base`."""
+    base = base or Path.cwd()
     context_name = context or config.get("current-context")
     if not context_name:
         raise KubeconfigError("kubeconfig has no current-context")
@@ -54,7 +85,6 @@ def load(path: str | os.PathLike[str], context: str | None = None) -> Credential
     server = cluster.get("server")
     if not server:
         raise KubeconfigError(f'cluster "{ctx.get("cluster")}" has no server')
-    base = file.parent
     token = user.get("token")
     if not token and user.get("tokenFile"):
         token = (base / user["tokenFile"]).read_text().strip()

@@ -33,10 +33,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from ultraplane.client.discovery import Resource, by_kind, discover, group_of
 from ultraplane.client.http import JSON_PATCH, ApiError, KubeClient
 from ultraplane.client.informer import Informer
 from ultraplane.controllers.base import InformerFactory, WorkQueue
-from ultraplane.controllers.discovery import Resource, by_kind, discover, group_of
 
 log = logging.getLogger("ultraplane.controllers.garbagecollector")
 Obj = dict[str, Any]

@@ -18,9 +18,9 @@ import datetime as dt
 import logging
 from typing import Any
 
+from ultraplane.client.discovery import Resource, discover
 from ultraplane.client.http import ApiError, KubeClient
 from ultraplane.controllers.base import Controller, InformerFactory
-from ultraplane.controllers.discovery import Resource, discover
 
 log = logging.getLogger("ultraplane.controllers.namespace")
 Obj = dict[str, Any]

@@ -1,4 +1,4 @@
-"""API discovery for the controllers that act on every resource (namespace deletion, garbage collection).
+"""API discovery for clients that act on every resource (namespace deletion, garbage collection, the fleet).
 
 kube-controller-manager reads /api and /apis and keeps, per group, the preferred version's resources;
 subresources ("pods/status") are left out. A `Resource` knows how to build its collection and object
