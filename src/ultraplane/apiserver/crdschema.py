@@ -373,10 +373,12 @@ def _prune(value: Any, schema: Schema, resource: bool, path: str, removed: list[
         preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
         embedded = resource or bool(schema.get("x-kubernetes-embedded-resource"))
         for key in list(value):
+            # apiVersion, kind and metadata of a resource are the server's to check, whatever the schema says:
+            # a schema's `metadata: {type: object}` (as every controller-gen CRD has) must not prune its name
+            if embedded and key in RESOURCE_FIELDS:
+                continue
             if key in props:
                 _prune(value[key], props[key], False, _child(path, key), removed, remove)
-            elif embedded and key in RESOURCE_FIELDS:
-                continue
             elif isinstance(extra, dict):
                 _prune(value[key], extra, False, _child(path, key), removed, remove)
             elif extra is True or preserve:

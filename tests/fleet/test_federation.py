@@ -1,0 +1,234 @@
+"""A fleet of three `up` clusters: placement by policy, overrides, failover of a dead member, evacuation.
+
+`ultraplane fleet up` runs as a user would start it; kubectl talks to the fleet API and to each member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import child_env, ultraplane_command, wait_for
+
+APP = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: web}}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: nginx, image: "nginx:1.27", resources: {requests: {cpu: 100m, memory: 64Mi}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: web-config}
+data: {greeting: hello}
+---
+apiVersion: policy.karmada.io/v1alpha1
+kind: PropagationPolicy
+metadata: {name: web}
+spec:
+  resourceSelectors:
+  - {apiVersion: apps/v1, kind: Deployment, name: web}
+  - {apiVersion: v1, kind: ConfigMap, name: web-config}
+  failover: {cluster: {purgeMode: Gracefully}}
+  placement:
+    replicaScheduling:
+      replicaSchedulingType: Divided
+      replicaDivisionPreference: Weighted
+      weightPreference:
+        staticWeightList:
+        - {targetCluster: {clusterNames: [r1-c1, r2-c1, r3-c1]}, weight: 1}
+---
+apiVersion: policy.karmada.io/v1alpha1
+kind: OverridePolicy
+metadata: {name: web-mirror}
+spec:
+  resourceSelectors: [{apiVersion: apps/v1, kind: Deployment, name: web}]
+  overrideRules:
+  - targetCluster: {clusterNames: [r3-c1]}
+    overriders:
+      imageOverrider: [{component: Registry, operator: replace, value: mirror.example.com}]
+      labelsOverrider: [{operator: add, value: {mirrored: "true"}}]
+"""
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def kubectl(self, cluster: str | None, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        config = self.root / ("fleet" if cluster is None else f"clusters/{cluster}") / "kubeconfig"
+        return subprocess.run(["kubectl", "--kubeconfig", str(config), *args], input=input, capture_output=True,
+                              text=True, timeout=60)
+
+    def json(self, cluster: str | None, *args: str) -> dict:
+        proc = self.kubectl(cluster, *args, "-o", "json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def maybe(self, cluster: str | None, *args: str) -> dict | None:
+        proc = self.kubectl(cluster, *args, "-o", "json")
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    def ultraplane(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*ultraplane_command(), "fleet", *args, "--fleet", str(self.root)],
+                              capture_output=True, text=True, env=child_env(), timeout=300)
+
+    def member_pid(self, cluster: str) -> int:
+        marker = f"--data-dir {self.root}/clusters/{cluster} "
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if marker in cmdline and " up " in cmdline:
+                    return int(entry.name)
+        raise AssertionError(f"no `up` process for {cluster}")
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    root = Path(tempfile.mkdtemp(prefix="ultraplane-fleet-"))
+    f = Fleet(root)
+    log = open(root / "fleet-up.log", "wb")  # noqa: SIM115 - closed below
+    f.proc = subprocess.Popen([*ultraplane_command(), "fleet", "up", "--data-dir", str(root), "--regions",
+                               "r1,r2,r3", "--clusters-per-region", "1", "--nodes", "2", "--unsafe-no-fsync",
+                               "--cluster-failure-threshold", "6"], stdout=log, stderr=subprocess.STDOUT,
+                              env=child_env())
+    try:
+        def ready() -> bool:
+            assert f.proc and f.proc.poll() is None, (root / "fleet-up.log").read_text()[-3000:]
+            listed = f.maybe(None, "get", "clusters")
+            return bool(listed) and sum(
+                any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get(
+                    "conditions") or []) for i in listed["items"]) == 3
+        wait_for(ready, "three Ready member clusters", timeout=180)
+        yield f
+    finally:
+        if f.proc and f.proc.poll() is None:
+            f.proc.send_signal(signal.SIGINT)
+            try:
+                f.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                f.proc.kill()
+        log.close()
+        if os.environ.get("ULTRAPLANE_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _replicas(f: Fleet, cluster: str) -> int | None:
+    deployment = f.maybe(cluster, "get", "deployment", "web")
+    return None if deployment is None else deployment["spec"]["replicas"]
+
+
+def test_members_are_clusters_with_status(fleet: Fleet) -> None:
+    clusters = {c["metadata"]["name"]: c for c in fleet.json(None, "get", "clusters")["items"]}
+    assert sorted(clusters) == ["r1-c1", "r2-c1", "r3-c1"]
+    r1 = clusters["r1-c1"]
+    assert r1["spec"]["region"] == "r1" and r1["spec"]["syncMode"] == "Push"
+    assert r1["metadata"]["labels"]["topology.kubernetes.io/region"] == "r1"
+    assert r1["status"]["kubernetesVersion"].startswith("v1.32")
+    wait_for(lambda: (fleet.json(None, "get", "cluster", "r1-c1").get("status") or {}).get("nodeSummary")
+             == {"totalNum": 2, "readyNum": 2}, "the node summary of r1-c1", timeout=60)
+    secret = fleet.json(None, "get", "secret", "-n", "karmada-cluster", "r1-c1")
+    assert set(secret["data"]) == {"kubeconfig"}
+    # invalid policies are refused with kube's field errors, from the CRD schema
+    bad = fleet.kubectl(None, "apply", "-f", "-", input=(
+        "apiVersion: policy.karmada.io/v1alpha1\nkind: PropagationPolicy\nmetadata: {name: bad}\nspec:\n"
+        "  resourceSelectors: [{apiVersion: apps/v1, kind: Deployment}]\n"
+        "  placement: {replicaScheduling: {replicaSchedulingType: Sideways}}\n"))
+    assert bad.returncode != 0
+    assert 'Unsupported value: "Sideways": supported values: "Duplicated", "Divided"' in bad.stderr
+
+
+def test_propagation_overrides_failover_and_evacuation(fleet: Fleet) -> None:
+    applied = fleet.kubectl(None, "apply", "-f", "-", input=APP)
+    assert applied.returncode == 0, applied.stderr
+
+    # placed by policy: 6 replicas divided 2/2/2, the ConfigMap everywhere, status aggregated
+    wait_for(lambda: [_replicas(fleet, c) for c in ("r1-c1", "r2-c1", "r3-c1")] == [2, 2, 2],
+             "2 replicas on each member", timeout=90)
+    wait_for(lambda: (fleet.json(None, "get", "deployment", "web").get("status") or {}).get("readyReplicas") == 6,
+             "the fleet Deployment's aggregated readyReplicas", timeout=90)
+    for cluster in ("r1-c1", "r2-c1", "r3-c1"):
+        assert fleet.json(cluster, "get", "configmap", "web-config")["data"] == {"greeting": "hello"}
+    binding = fleet.json(None, "get", "resourcebinding", "web-deployment")
+    assert binding["spec"]["clusters"] == [{"name": "r1-c1", "replicas": 2}, {"name": "r2-c1", "replicas": 2},
+                                           {"name": "r3-c1", "replicas": 2}]
+    assert {e["clusterName"]: e["health"] for e in binding["status"]["aggregatedStatus"]} == \
+        {"r1-c1": "Healthy", "r2-c1": "Healthy", "r3-c1": "Healthy"}
+    mirrored = fleet.json("r3-c1", "get", "deployment", "web")
+    assert mirrored["spec"]["template"]["spec"]["containers"][0]["image"] == "mirror.example.com/nginx:1.27"
+    assert mirrored["metadata"]["labels"]["mirrored"] == "true"
+    plain = fleet.json("r1-c1", "get", "deployment", "web")
+    assert plain["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27"
+
+    # r1 stops answering: tainted, its replicas move, its copy stays until it answers again
+    r1 = fleet.member_pid("r1-c1")
+    os.kill(r1, signal.SIGSTOP)
+    try:
+        wait_for(lambda: {(t["key"], t["effect"]) for t in
+                          fleet.json(None, "get", "cluster", "r1-c1")["spec"].get("taints") or []} ==
+                 {("cluster.karmada.io/unreachable", "NoSchedule"), ("cluster.karmada.io/unreachable", "NoExecute")},
+                 "r1-c1 tainted unreachable", timeout=60)
+        wait_for(lambda: [_replicas(fleet, c) for c in ("r2-c1", "r3-c1")] == [3, 3], "failover to r2 and r3",
+                 timeout=90)
+        binding = fleet.json(None, "get", "resourcebinding", "web-deployment")
+        assert [t["fromCluster"] for t in binding["spec"]["gracefulEvictionTasks"]] == ["r1-c1"]
+        wait_for(lambda: (fleet.json(None, "get", "deployment", "web").get("status") or {}).get("readyReplicas")
+                 == 6, "6 ready replicas on the healthy members", timeout=90)
+    finally:
+        os.kill(r1, signal.SIGCONT)
+    # back again: its stale copy goes only now, since the replacements are Ready
+    wait_for(lambda: _replicas(fleet, "r1-c1") is None, "the old copy removed from r1-c1", timeout=90)
+    wait_for(lambda: not fleet.json(None, "get", "resourcebinding", "web-deployment")["spec"].get(
+        "gracefulEvictionTasks"), "the eviction task done", timeout=30)
+    assert not fleet.json(None, "get", "cluster", "r1-c1")["spec"].get("taints")
+
+    # evacuate r2: its replicas go to r1 and r3, within capacity, and the command reports progress
+    dry = fleet.ultraplane("evacuate", "r2", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "default/web-deployment" in dry.stdout and "summary: 2 binding(s) can move, 0 cannot" in dry.stdout
+    missing = fleet.ultraplane("evacuate", "nowhere")
+    assert missing.returncode == 1
+    assert 'region "nowhere" has no member clusters; known regions: r1, r2, r3' in missing.stderr
+    started = time.monotonic()
+    done = fleet.ultraplane("evacuate", "r2")
+    assert done.returncode == 0, done.stderr
+    assert "summary: evacuation of r2 completed" in done.stderr
+    assert time.monotonic() - started < 120
+    evacuation = fleet.json(None, "get", "evacuation", "evacuate-r2")["status"]
+    assert evacuation["phase"] == "Completed" and evacuation["movedReplicas"] == evacuation["totalReplicas"] > 0
+    assert [_replicas(fleet, c) for c in ("r1-c1", "r2-c1", "r3-c1")] == [3, None, 3]
+    assert fleet.maybe("r2-c1", "get", "configmap", "web-config") is None
+    assert (fleet.json(None, "get", "deployment", "web").get("status") or {}).get("readyReplicas") == 6
+
+    restored = fleet.ultraplane("restore", "r2")
+    assert restored.returncode == 0, restored.stderr
+    wait_for(lambda: not fleet.json(None, "get", "cluster", "r2-c1")["spec"].get("taints"), "r2 untainted",
+             timeout=30)
+    again = fleet.ultraplane("restore", "r2")
+    assert again.returncode == 1 and 'region "r2" is not evacuated' in again.stderr
+
+    # deleting the template removes every member's copy and the binding
+    assert fleet.kubectl(None, "delete", "deployment", "web").returncode == 0
+    wait_for(lambda: all(_replicas(fleet, c) is None for c in ("r1-c1", "r2-c1", "r3-c1")),
+             "the members' copies deleted", timeout=60)
+    wait_for(lambda: fleet.maybe(None, "get", "resourcebinding", "web-deployment") is None, "the binding deleted",
+             timeout=30)
