@@ -37,6 +37,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--node-type", default="", help="instance types per member (as `up --node-type`)")
     parser.add_argument("--fleet-port", type=int, default=0, help="port of the fleet API server (0: any free)")
     parser.add_argument("--cluster-failure-threshold", type=float, default=30.0)
+    parser.add_argument("--dashboard-port", type=int, default=0, help="port of the web dashboard (0: any free)")
     parser.add_argument("--unsafe-no-fsync", action="store_true", help="passed to every `up` (tests, demos)")
     parser.set_defaults(run=run)
 
@@ -149,8 +150,21 @@ async def _up(args: argparse.Namespace) -> int:
                 except ApiError as exc:
                     if exc.code != 409:  # a restart on the same data dir: already joined
                         raise
-        _announce(console, fleet_dir, fleet_port, members, time.monotonic() - started)
+        from ultraplane.dashboard.server import serve as serve_dashboard
+
+        dashboard_port = args.dashboard_port or free_port()
+        dashboard_ready = asyncio.Event()
+        dashboard = asyncio.create_task(serve_dashboard(fleet_dir / "kubeconfig", fleet_dir / "pki", "127.0.0.1",
+                                                        dashboard_port, stop, dashboard_ready))
+        await asyncio.wait([dashboard, asyncio.create_task(dashboard_ready.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if dashboard.done():
+            dashboard.result()  # raises what stopped it
+        url = f"https://127.0.0.1:{dashboard_port}/"
+        (fleet_dir / "dashboard-url").write_text(url + "\n")
+        _announce(console, fleet_dir, fleet_port, members, time.monotonic() - started, url)
         await controller.run(stop)
+        await dashboard
         await fleet.close()
         return 0
     except (RuntimeError, TimeoutError, ApiError) as exc:
@@ -167,7 +181,7 @@ async def _up(args: argparse.Namespace) -> int:
                 proc.kill()
 
 
-def _announce(console: Console, fleet_dir: Path, port: int, members: list[Planned], took: float) -> None:
+def _announce(console: Console, fleet_dir: Path, port: int, members: list[Planned], took: float, url: str) -> None:
     table = Table(title="member clusters")
     for column in ("NAME", "ACCOUNT", "REGION", "ZONE", "API SERVER", "KUBECONFIG"):
         table.add_column(column)
@@ -177,3 +191,5 @@ def _announce(console: Console, fleet_dir: Path, port: int, members: list[Planne
     console.print(table)
     console.print(f"[bold green]fleet is up[/] in {took:.1f} s — fleet API at https://127.0.0.1:{port}")
     console.print(f"  kubectl --kubeconfig {fleet_dir / 'kubeconfig'} get clusters")
+    console.print(f"  dashboard: {url} (log in with the fleet kubeconfig or a token; its CA is "
+                  f"{fleet_dir / 'pki' / 'ca.crt'})")

@@ -56,7 +56,7 @@ DEFAULT_EVICTION_GRACE_S = 600
 
 def crds() -> list[Obj]:
     karmada = json.loads(resources.files("ultraplane.fleet").joinpath("data/karmada-crds.json").read_text())
-    return [*karmada["crds"], EVACUATION_CRD]
+    return [*karmada["crds"], EVACUATION_CRD, UPGRADE_INSIGHT_CRD]
 
 
 EVACUATION_CRD: Obj = {
@@ -77,6 +77,28 @@ EVACUATION_CRD: Obj = {
                                "metadata": {"type": "object"},
                                "spec": {"type": "object", "required": ["region"], "properties": {
                                    "region": {"type": "string", "minLength": 1}}},
+                               "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]}}
+
+
+INSIGHTS = "/apis/fleet.ultraplane.io/v1alpha1/upgradeinsights"
+UPGRADE_INSIGHT_CRD: Obj = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "upgradeinsights.fleet.ultraplane.io"},
+    "spec": {"group": "fleet.ultraplane.io", "scope": "Cluster",
+             "names": {"kind": "UpgradeInsight", "listKind": "UpgradeInsightList", "plural": "upgradeinsights",
+                       "singular": "upgradeinsight", "shortNames": ["insight"]},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
+                           "additionalPrinterColumns": [
+                               {"name": "CURRENT", "type": "string", "jsonPath": ".status.currentVersion"},
+                               {"name": "TARGET", "type": "string", "jsonPath": ".status.targetVersion"},
+                               {"name": "STATUS", "type": "string", "jsonPath": ".status.status"},
+                               {"name": "LAST-SCAN", "type": "date", "jsonPath": ".status.lastScanTime"}],
+                           "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                               "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                               "metadata": {"type": "object"},
+                               "spec": {"type": "object", "properties": {
+                                   "targetVersion": {"type": "string", "pattern": "^v?1\\.[0-9]+$"},
+                                   "refreshRequestedAt": {"type": "string", "format": "date-time"}}},
                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]}}
 
 
@@ -138,7 +160,7 @@ def _condition(kind: str, ok: bool, reason: str, message: str, old: list[Obj]) -
 class FleetController:
     def __init__(self, fleet: KubeClient, sync_period: float = 1.0, heartbeat_interval: float = 2.0,
                  failure_threshold: float = 30.0, summary_interval: float = 10.0,
-                 resync_period: float = 60.0) -> None:
+                 resync_period: float = 60.0, insights_interval: float = 86400.0) -> None:
         self.fleet = fleet
         self.sync_period = sync_period
         self.heartbeat_interval = heartbeat_interval
@@ -151,6 +173,8 @@ class FleetController:
         self.applied: dict[tuple[str, str, str, str, str], tuple[str, float]] = {}
         self.member_status: dict[tuple[str, str, str, str, str], tuple[Obj, float]] = {}
         self.started = time.monotonic()
+        self.insights_interval = insights_interval
+        self.scans: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------------------------- lifecycle
     async def install(self) -> None:
@@ -184,9 +208,9 @@ class FleetController:
         try:
             await stop.wait()
         finally:
-            for task in loops:
+            for task in [*loops, *self.scans.values()]:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*loops, *self.scans.values(), return_exceptions=True)
             for member in self.members.values():
                 await member.client.close()
 
@@ -236,6 +260,44 @@ class FleetController:
                 with contextlib.suppress(ApiError):
                     await self.fleet.patch(f"{m.CLUSTERS}/{member.name}/status", {"status": status},
                                            content_type="application/merge-patch+json")
+            if member.reachable(self.failure_threshold):
+                await self._maybe_scan(member)
+
+    async def _maybe_scan(self, member: m.Member) -> None:
+        """Upgrade insights per member: daily, and again whenever spec.refreshRequestedAt is newer."""
+        running = self.scans.get(member.name)
+        if running and not running.done():
+            return
+        try:
+            insight = await self.fleet.get(f"{INSIGHTS}/{member.name}")
+        except ApiError as exc:
+            if exc.code != 404:
+                return
+            insight = await self.fleet.create(INSIGHTS, {"apiVersion": "fleet.ultraplane.io/v1alpha1",
+                                                         "kind": "UpgradeInsight",
+                                                         "metadata": {"name": member.name}, "spec": {}})
+        status, spec = insight.get("status") or {}, insight.get("spec") or {}
+        last = _parse_time(status.get("lastScanTime")) if status.get("lastScanTime") else 0.0
+        requested = _parse_time(spec.get("refreshRequestedAt")) if spec.get("refreshRequestedAt") else 0.0
+        if last and time.time() - last < self.insights_interval and requested <= last:
+            return
+        self.scans[member.name] = asyncio.create_task(self._scan(member, spec.get("targetVersion")))
+
+    async def _scan(self, member: m.Member, target: str | None) -> None:
+        from ultraplane.fleet import insights
+
+        try:
+            facts = await insights.gather(member.client, member.name)
+            plan = insights.plan(facts, target)
+            status = {**plan.to_dict(), "lastScanTime": m.now_rfc3339()}
+        except (insights.InsightError, ValueError) as exc:
+            status = {"status": "UNKNOWN", "message": str(exc), "lastScanTime": m.now_rfc3339()}
+        except (ApiError, ConnectionError, OSError, TimeoutError) as exc:
+            log.warning("insights of %s: %s", member.name, exc)
+            return
+        with contextlib.suppress(ApiError):
+            await self.fleet.patch(f"{INSIGHTS}/{member.name}/status", {"status": status},
+                                   content_type="application/merge-patch+json")
 
     async def _evacuated_regions(self) -> set[str]:
         return {e["spec"]["region"] for e in (await self.fleet.list(EVACUATIONS)).get("items") or []
