@@ -157,3 +157,40 @@ def test_propagation_overrides_failover_and_evacuation(fleet: Fleet) -> None:
              "the members' copies deleted", timeout=60)
     wait_for(lambda: fleet.maybe(None, "get", "resourcebinding", "web-deployment") is None, "the binding deleted",
              timeout=30)
+
+
+def test_join_unjoin_and_insights_through_the_fleet(fleet: Fleet) -> None:
+    member_config = fleet.root / "clusters" / "r2-c1" / "kubeconfig"
+    # an unreachable cluster is refused before anything is written
+    dead = fleet.root / "dead-kubeconfig"
+    text = member_config.read_text()
+    server = next(line.split("server:", 1)[1].strip() for line in text.splitlines() if "server:" in line)
+    dead.write_text(text.replace(server, "https://127.0.0.1:9"))
+    refused = fleet.ultraplane("join", "ghost", "--kubeconfig", str(dead), "--region", "r9")
+    assert refused.returncode == 1 and "cluster ghost does not answer at https://127.0.0.1:9" in refused.stderr
+    assert fleet.maybe(None, "get", "cluster", "ghost") is None
+
+    joined = fleet.ultraplane("join", "r2-again", "--kubeconfig", str(member_config), "--region", "r2",
+                              "--zone", "r2b", "--account", "account-9")
+    assert joined.returncode == 0, joined.stderr
+    assert "cluster r2-again (v1.32.0-ultraplane) joined the fleet in region r2" in joined.stdout
+    wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
+                         (fleet.json(None, "get", "cluster", "r2-again").get("status") or {}).get("conditions") or []),
+             "the joined cluster Ready", timeout=60)
+    cluster = fleet.json(None, "get", "cluster", "r2-again")
+    assert cluster["spec"]["zones"] == ["r2b"] and \
+        cluster["metadata"]["labels"]["fleet.ultraplane.io/account"] == "account-9"
+    again = fleet.ultraplane("join", "r2-again", "--kubeconfig", str(member_config), "--region", "r2")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    # the controller scans every member; a refresh with a target waits for the new scan
+    scanned = fleet.ultraplane("insights", "--cluster", "r2-again", "--refresh", "--target", "1.34")
+    assert scanned.returncode == 0, scanned.stderr
+    assert "Upgrade insights: 1.32 -> 1.34" in scanned.stdout and "summary: 2 hop(s)" in scanned.stdout
+    unknown = fleet.ultraplane("insights", "--cluster", "nope")
+    assert unknown.returncode == 1 and 'cluster "nope" has no insights' in unknown.stderr
+
+    left = fleet.ultraplane("unjoin", "r2-again")
+    assert left.returncode == 0, left.stderr
+    assert fleet.maybe(None, "get", "cluster", "r2-again") is None
+    assert fleet.maybe(None, "get", "secret", "-n", "karmada-cluster", "r2-again") is None

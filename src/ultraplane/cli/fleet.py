@@ -43,7 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "deprecated on the way (in applied manifests, Helm releases and API requests), kubelet "
                     "version skew, PodDisruptionBudgets that block a drain, workloads without probes, "
                     "replicas or spread. One set of findings per minor release on the way (a multi-hop plan).")
-    scan.add_argument("--kubeconfig", required=True, help="kubeconfig of the cluster to scan")
+    scan.add_argument("--kubeconfig", help="kubeconfig of a cluster to scan directly")
+    scan.add_argument("--cluster", help="a fleet member: read its UpgradeInsight from the fleet (with --fleet)")
+    scan.add_argument("--refresh", action="store_true", help="with --cluster: ask for a new scan and wait for it")
+    _fleet_flag(scan)
     scan.add_argument("--context", help="kubeconfig context (default: the current one)")
     scan.add_argument("--target", help="release to plan for, e.g. 1.33 (default: the next minor release)")
     scan.add_argument("-o", "--output", choices=["table", "json"], default="table")
@@ -59,6 +62,11 @@ def run_insights(args: argparse.Namespace) -> int:
 
 async def _insights(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    if args.cluster:
+        return await _member_insights(args, console)
+    if not args.kubeconfig:
+        print("error: give --kubeconfig FILE, or --cluster NAME with --fleet DIR", file=sys.stderr)
+        return 2
     try:
         client = await KubeClient.from_kubeconfig(args.kubeconfig, args.context)
     except (OSError, KubeconfigError) as exc:
@@ -83,6 +91,50 @@ async def _insights(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
     else:
         _print_plan(plan)
+    return 0
+
+
+async def _member_insights(args: argparse.Namespace, console: Console) -> int:
+    """A member's UpgradeInsight as the fleet controller last scanned it (or after a refresh it waits for)."""
+    from ultraplane.fleet.controller import INSIGHTS
+    from ultraplane.fleet.members import now_rfc3339
+
+    fleet = await _fleet_client(args)
+    path = f"{INSIGHTS}/{args.cluster}"
+    try:
+        item = await fleet.get(path)
+        if args.refresh or args.target:
+            requested = now_rfc3339()
+            spec: dict[str, Any] = {"refreshRequestedAt": requested}
+            if args.target:
+                spec["targetVersion"] = args.target
+            await fleet.patch(path, {"spec": spec}, content_type="application/merge-patch+json")
+            with console.status(f"waiting for a new scan of {args.cluster}"):
+                deadline = asyncio.get_running_loop().time() + 120
+                while (item.get("status") or {}).get("lastScanTime", "") < requested:
+                    if asyncio.get_running_loop().time() > deadline:
+                        print(f"error: no new scan of {args.cluster} within 120 s", file=sys.stderr)
+                        return 1
+                    await asyncio.sleep(0.5)
+                    item = await fleet.get(path)
+    except ApiError as exc:
+        message = exc.status.get("message") if exc.status else str(exc)
+        if exc.code == 404:
+            message = f'cluster "{args.cluster}" has no insights: it is not a fleet member, or not scanned yet'
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    finally:
+        await fleet.close()
+    status = item.get("status") or {}
+    if args.output == "json":
+        sys.stdout.buffer.write(orjson.dumps(status, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    if not status.get("hops"):
+        print(f"error: {status.get('message') or 'no scan yet'}", file=sys.stderr)
+        return 1
+    plan = insights.UpgradePlan(status["cluster"], status["currentVersion"], status["targetVersion"], [
+        insights.Hop(h["version"], [insights.Insight(**i) for i in h["insights"]]) for h in status["hops"]])
+    _print_plan(plan)
     return 0
 
 
