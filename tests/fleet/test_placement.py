@@ -133,3 +133,17 @@ def test_evacuation_progress_counts_replicas_left_in_the_region() -> None:
     missing = progress("mars-1", set(), [binding], {}, ["us-east-1", "us-west-2"])
     assert missing["phase"] == "Failed" and "known regions: us-east-1, us-west-2" in \
         missing["conditions"][0]["message"]
+
+
+def test_ordered_cluster_affinities_fall_back_to_the_next_term() -> None:
+    rule = {"clusterAffinities": [{"affinityName": "primary", "clusterNames": ["east-2"]},
+                                  {"affinityName": "backup", "clusterNames": ["east-1", "west-1"]}],
+            "replicaScheduling": {"replicaSchedulingType": "Divided", "replicaDivisionPreference": "Weighted",
+                                  "weightPreference": {"dynamicWeight": "AvailableReplicas"}}}
+    targets, why = schedule(rule, 2, _members())
+    assert _counts(targets) == {"east-2": 2} and why["@affinity"] == "primary"
+    # east-2 has room for 2: 8 replicas go to the backup term, by available replicas (10 and 6)
+    targets, why = schedule(rule, 8, _members())
+    assert _counts(targets) == {"east-1": 5, "west-1": 3} and why["@affinity"] == "backup"
+    with pytest.raises(PlacementError, match="no cluster affinity term fits"):
+        schedule(rule, 40, _members())

@@ -160,7 +160,7 @@ def _condition(kind: str, ok: bool, reason: str, message: str, old: list[Obj]) -
 class FleetController:
     def __init__(self, fleet: KubeClient, sync_period: float = 1.0, heartbeat_interval: float = 2.0,
                  failure_threshold: float = 30.0, summary_interval: float = 10.0,
-                 resync_period: float = 60.0, insights_interval: float = 86400.0) -> None:
+                 resync_period: float = 60.0, insights_interval: float = 86400.0, concurrency: int = 32) -> None:
         self.fleet = fleet
         self.sync_period = sync_period
         self.heartbeat_interval = heartbeat_interval
@@ -174,6 +174,7 @@ class FleetController:
         self.member_status: dict[tuple[str, str, str, str, str], tuple[Obj, float]] = {}
         self.started = time.monotonic()
         self.insights_interval = insights_interval
+        self.concurrency = concurrency
         self.scans: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -330,6 +331,18 @@ class FleetController:
         wanted_kinds = {(s.get("apiVersion", ""), s.get("kind", ""))
                         for p in (*pps, *cpps) for s in (p.get("spec") or {}).get("resourceSelectors") or []}
         seen: set[tuple[str, str]] = set()
+        # bindings are independent of each other: sync them concurrently, bounded so a big fleet does not
+        # open thousands of requests at once against one member
+        slots = asyncio.Semaphore(self.concurrency)
+        syncs = []
+
+        async def sync(*call_args: Any) -> None:
+            async with slots:
+                try:
+                    await self.sync_binding(*call_args)
+                except ApiError as exc:
+                    log.warning("binding of %s: %s", call_args[0]["metadata"].get("name"), exc)
+
         for api_version, kind in sorted(wanted_kinds):
             resource = await self.resource_for(api_version, kind)
             if resource is None or "list" not in resource.verbs:
@@ -344,11 +357,8 @@ class FleetController:
                     continue
                 key = (namespace, binding_name(template))
                 seen.add(key)
-                try:
-                    await self.sync_binding(template, resource, policy, bindings.get(key), clusters, ops, cops,
-                                            evacuated)
-                except ApiError as exc:
-                    log.warning("binding %s/%s: %s", *key, exc)
+                syncs.append(sync(template, resource, policy, bindings.get(key), clusters, ops, cops, evacuated))
+        await asyncio.gather(*syncs)
         for key, binding in bindings.items():
             if key not in seen:
                 await self.remove_binding(binding)
@@ -382,10 +392,12 @@ class FleetController:
                       or bool(must_move) or not targets)
         scheduled = _condition("Scheduled", True, "Success", "Binding has been scheduled successfully.",
                                old_status.get("conditions") or [])
+        affinity = old_status.get("schedulerObservingAffinityName", "")
         if reschedule:
             candidates = [v for name, v in views.items() if not evicted(name)]
             try:
-                new_targets, _why = placement.schedule(place, replicas, candidates)
+                new_targets, why = placement.schedule(place, replicas, candidates)
+                affinity = why.get("@affinity", "")
             except PlacementError as exc:
                 scheduled = _condition("Scheduled", False, "NoClusterFit", str(exc), old_status.get("conditions") or [])
                 new_targets = targets  # nothing moves until the replicas fit somewhere: no half-done failover
@@ -449,6 +461,8 @@ class FleetController:
                                             "for details", old_status.get("conditions") or [])]
         status = {"schedulerObservedGeneration": (binding or {}).get("metadata", {}).get("generation", 1),
                   "conditions": conditions, "aggregatedStatus": sorted(aggregated, key=lambda e: e["clusterName"])}
+        if affinity:
+            status["schedulerObservingAffinityName"] = affinity
         status["lastScheduledTime"] = m.now_rfc3339() if reschedule else old_status.get("lastScheduledTime",
                                                                                          m.now_rfc3339())
         await self.write_binding(template, policy, binding, spec, status)

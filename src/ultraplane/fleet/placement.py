@@ -223,7 +223,29 @@ def _aggregated(replicas: int, members: list[MemberView]) -> dict[str, int]:
 
 
 def schedule(placement: Obj, replicas: int, members: list[MemberView]) -> tuple[list[Obj], dict[str, str]]:
-    """The whole pipeline: filter, spread, divide. Returns the targets and why other clusters were refused."""
+    """The whole pipeline: filter, spread, divide. Returns the targets and why other clusters were refused.
+
+    With `clusterAffinities` (ordered affinity terms) the first term whose clusters can take the
+    replicas wins, as Karmada's scheduler tries them in order: a primary region, then a fallback."""
+    terms = placement.get("clusterAffinities") or []
+    if not terms:
+        return _schedule_term(placement, replicas, members)
+    failures = []
+    for term in terms:
+        narrowed = {k: v for k, v in placement.items() if k != "clusterAffinities"}
+        narrowed["clusterAffinity"] = {k: v for k, v in term.items() if k not in ("affinityName",
+                                                                                  "overflowAffinities")}
+        try:
+            targets, why = _schedule_term(narrowed, replicas, members)
+        except PlacementError as exc:
+            failures.append(f"{term.get('affinityName', '?')}: {exc}")
+            continue
+        why["@affinity"] = term.get("affinityName", "")
+        return targets, why
+    raise PlacementError("no cluster affinity term fits: " + "; ".join(failures))
+
+
+def _schedule_term(placement: Obj, replicas: int, members: list[MemberView]) -> tuple[list[Obj], dict[str, str]]:
     fits, why = feasible(placement, members)
     if not fits:
         reasons = sorted(set(why.values()))
