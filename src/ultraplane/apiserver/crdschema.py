@@ -571,6 +571,9 @@ def strict_schema(schema: Schema | None) -> Schema:
     props = root.setdefault("properties", {})
     for name in RESOURCE_FIELDS:
         props.setdefault(name, {"x-kubernetes-preserve-unknown-fields": True})
+    # metadata is ObjectMeta whatever the CRD declares: controller-gen CRDs all say `metadata: {type: object}`,
+    # which read literally would make metadata.name an unknown field
+    props["metadata"] = {"x-kubernetes-preserve-unknown-fields": True}
     return root
 
 

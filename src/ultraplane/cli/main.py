@@ -9,8 +9,10 @@ import sys
 
 from ultraplane import __version__
 from ultraplane.cli import apiserver as apiserver_cmd
+from ultraplane.cli import compose as compose_cmd
 from ultraplane.cli import controllers as controllers_cmd
 from ultraplane.cli import fleet as fleet_cmd
+from ultraplane.cli import mcp as mcp_cmd
 from ultraplane.cli import natscluster as natscluster_cmd
 from ultraplane.cli import nodes as nodes_cmd
 from ultraplane.cli import partitions as partitions_cmd
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler_cmd.add_parser(sub)
     controllers_cmd.add_parser(sub)
     nodes_cmd.add_parser(sub)
+    mcp_cmd.add_parser(sub)
+    compose_cmd.add_parser(sub)
     fleet_cmd.add_parser(sub)
     return parser
 

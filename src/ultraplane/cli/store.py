@@ -109,7 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="records appended between snapshots (also taken once 64 MiB accumulate)")
     parser.add_argument("--restore", metavar="FILE", default=None,
                         help="initialize an empty --data-dir from a snapshot taken with "
-                             "`etcdctl snapshot save`, then serve")
+                             "`etcdctl snapshot save` (from real etcd 3.4/3.5 or from ultraplane), then serve")
     parser.set_defaults(run=run)
 
 
@@ -213,12 +213,26 @@ def member_identity(data_dir: Path, name: str) -> tuple[int, int]:
 
 
 def read_snapshot_file(path: Path) -> bytes:
-    """A file written by `etcdctl snapshot save`: the store snapshot followed by its SHA-256."""
+    """A file written by `etcdctl snapshot save`: the database followed by its SHA-256."""
     data = path.read_bytes()
     body, digest = data[:-SNAPSHOT_SHA256_BYTES], data[-SNAPSHOT_SHA256_BYTES:]
     if len(data) < SNAPSHOT_SHA256_BYTES or hashlib.sha256(body).digest() != digest:
         raise UsageError(f"snapshot file {path} is corrupt: its SHA-256 trailer does not match")
     return body
+
+
+def snapshot_to_native(body: bytes) -> list[bytes]:
+    """A saved snapshot as the store's own snapshot chunks: an etcd backend database (bbolt,
+    from real etcd or from ultraplane) is converted; ultraplane's older own format is kept."""
+    from ultraplane.store import bbolt
+    from ultraplane.store.etcdsnapshot import EtcdSnapshotError, native_snapshot, parse_db
+
+    if not bbolt.is_bolt(body):
+        return [body]
+    try:
+        return list(native_snapshot(parse_db(body)))
+    except EtcdSnapshotError as exc:
+        raise UsageError(f"cannot restore the snapshot: {exc}") from None
 
 
 class StoreServer:
@@ -251,13 +265,13 @@ class StoreServer:
         if cfg.restore is not None:
             if journal_dir.exists() and any(journal_dir.iterdir()):
                 raise UsageError(f"--restore needs an empty --data-dir; {journal_dir} holds data")
-            snapshot = read_snapshot_file(cfg.restore)
+            snapshot = snapshot_to_native(read_snapshot_file(cfg.restore))
         cluster_id, member_id = member_identity(cfg.data_dir, cfg.name)
         if snapshot is not None:
             # An empty journal whose first snapshot is the restored state; the store then opens it as usual.
             seed = FileJournal(str(journal_dir), fsync=True)
             seed.open()
-            await seed.write_snapshot([snapshot])
+            await seed.write_snapshot(snapshot)
             await seed.close()
         journal = FileJournal(str(journal_dir), fsync=cfg.fsync)
         self.store = Store(journal, quota_bytes=cfg.quota_bytes)

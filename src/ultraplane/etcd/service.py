@@ -585,12 +585,17 @@ class EtcdService:
         return self.header(resp, revision)
 
     async def snapshot(self, req: Any, ctx: CallContext) -> AsyncIterator[Any]:
-        """The store's snapshot in 32 KiB messages, then (as etcd does) one more message whose
-        blob is the SHA-256 of everything sent before it. remaining_bytes counts what is left
-        of the snapshot after each message (0 on the last data message and on the digest)."""
+        """The store as an etcd 3.4 backend database (bbolt, see store.etcdsnapshot) in 32 KiB
+        messages, then (as etcd does) one more message whose blob is the SHA-256 of everything
+        sent before it: `etcdctl snapshot status/restore` and etcd itself accept the file.
+        remaining_bytes counts what is left after each message (0 on the last data message)."""
+        from ultraplane.store.etcdsnapshot import Member, capture_db
+
         self._admin(ctx)
         revision = self.store.revision
-        body = b"".join(self.store.snapshot_chunks())  # consistent: taken in one synchronous step
+        member = Member(self.member_id, self.member_name, self.peer_urls, self.client_urls)
+        build = capture_db(self.store, self.auth, member)  # consistent: the state is taken in one step
+        body = await asyncio.to_thread(build)  # laying out pages takes a while on a big store
         pad = -len(body) % SNAPSHOT_ALIGN_BYTES
         if pad:
             body += b"\x00" * pad

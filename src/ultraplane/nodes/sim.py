@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ultraplane.client.http import ApiError, KubeClient
 from ultraplane.nodes import objects
 from ultraplane.nodes.containers import (
@@ -36,7 +38,15 @@ from ultraplane.nodes.containers import (
 from ultraplane.nodes.events import EventCorrelator, EventLog
 from ultraplane.nodes.ipam import Ec2Api, NodeAddresses, ZoneSubnet, zone_subnets
 from ultraplane.nodes.objects import LEASE_NAMESPACE, Obj
-from ultraplane.nodes.startup import PullModel, RunPlan, image_id, image_size_mb, parallel_override, run_plan
+from ultraplane.nodes.startup import (
+    PullModel,
+    RunPlan,
+    image_id,
+    image_size_mb,
+    parallel_override,
+    pull_error,
+    run_plan,
+)
 from ultraplane.nodes.types import InstanceType
 
 log = logging.getLogger("ultraplane.nodes")
@@ -622,6 +632,11 @@ class NodeSimulator:
             image_ids = {}
             pulled: list[tuple[str, str, float]] = []  # (container, image, seconds) pulled for this pod
             containers = (pod["spec"].get("initContainers") or []) + (pod["spec"].get("containers") or [])
+            unpullable = [(c["name"], c.get("image", ""), error) for c in containers
+                          if (error := pull_error(c.get("image", ""))) is not None]
+            if unpullable:
+                await self._pull_back_off(state, unpullable)
+                return
             for c in containers:
                 image = c.get("image", "")
                 if image not in node.images:
@@ -662,6 +677,30 @@ class NodeSimulator:
             self._sync_pod(state)
         except asyncio.CancelledError:
             pass
+
+    async def _pull_back_off(self, state: PodState, unpullable: list[tuple[str, str, str]]) -> None:
+        """Pulls that fail for good: ErrImagePull, then ImagePullBackOff while the kubelet's image back-off
+        (the container restart policy's delays) runs, and again, until the pod is deleted (the task is
+        cancelled then)."""
+        delay = self.cfg.backoff.initial
+        while True:
+            for reason in ("ErrImagePull", "ImagePullBackOff"):
+                status = orjson.loads(orjson.dumps(state.status or {}))  # a copy: the last one may be in flight
+                for name, image, error in unpullable:
+                    message = error if reason == "ErrImagePull" else f'Back-off pulling image "{image}"'
+                    if reason == "ErrImagePull":
+                        self._event(state, name, "Normal", "Pulling", f'Pulling image "{image}"')
+                        self._event(state, name, "Warning", "Failed", f'Failed to pull image "{image}": {error}')
+                    else:
+                        self._event(state, name, "Normal", "BackOff", message)
+                    self._event(state, name, "Warning", "Failed", f"Error: {reason}")
+                    for entry in [*status.get("containerStatuses", []), *status.get("initContainerStatuses", [])]:
+                        if entry.get("name") == name:
+                            entry["state"] = {"waiting": {"reason": reason, "message": message}}
+                state.status = status
+                self._desire(state, status)
+                await asyncio.sleep(0.5 if reason == "ErrImagePull" else delay)
+            delay = min(delay * 2, self.cfg.backoff.maximum)
 
     def _schedule(self, state: PodState) -> None:
         """Wake the pod when one of its containers next has something due (containers.py timelines).

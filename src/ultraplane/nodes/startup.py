@@ -4,6 +4,9 @@ Pull model: an image of S MB downloads at `download_mbps` and unpacks at `unpack
 runtime downloads every layer and then unpacks (S/d + S/u); with parallel pull and unpack, as SOCI's
 parallel mode does, unpacking overlaps the download (max(S/d, S/u)), which halves the time when the
 two rates are equal. Images already on the node (IfNotPresent) are not pulled again.
+An image whose registry host is under the reserved `.invalid` top-level domain (RFC 2606: it never
+resolves), e.g. `registry.invalid/app:1`, cannot be pulled: the pod stays Pending in ErrImagePull and
+ImagePullBackOff, as a real kubelet's does for a registry name that does not resolve.
 """
 
 from __future__ import annotations
@@ -41,6 +44,21 @@ def image_repository(image: str) -> str:
     if ":" in last[-1]:
         name = name[: name.rfind(":")]
     return _LIBRARY.sub("", name)
+
+
+def pull_error(image: str) -> str | None:
+    """containerd's error for an image whose registry does not resolve (a `.invalid` host), else None."""
+    name = image.split("@", 1)[0]
+    host, _, rest = name.partition("/")
+    if not rest or not host.split(":", 1)[0].endswith(".invalid"):
+        return None
+    path = rest
+    tag = "latest"
+    if ":" in path.rsplit("/", 1)[-1]:
+        path, tag = path.rsplit(":", 1)
+    return (f'failed to pull and unpack image "{image}": failed to resolve reference "{image}": failed to do '
+            f'request: Head "https://{host}/v2/{path}/manifests/{tag}": dial tcp: lookup {host.split(":", 1)[0]}: '
+            f"no such host")
 
 
 def image_size_mb(image: str) -> float:

@@ -18,10 +18,10 @@ etcdserver/apply_auth.go), including its quirks, which are noted where they matt
  - enable does not bump the auth revision; disable does (only if it was enabled).
  - granting a role the user already has succeeds without bumping the revision.
 
-Passwords: etcd uses bcrypt with cost 10 (~50-100 ms per hash). We use the standard
-library's scrypt, by default N=2**14, r=8, p=1 (the scrypt paper's interactive-login
-setting, 16 MiB per hash, ~70 ms here), with a 16-byte random salt per hash. Hashing
-and verification run in a worker thread so the event loop keeps serving.
+Passwords: as etcd, bcrypt with cost 10 (~50-100 ms per hash), so users move between
+ultraplane and etcd with their snapshots and keep their passwords. ``scrypt_params`` selects
+scrypt instead (``hash_password``; tests use a cheap setting); both kinds of stored hash
+verify. Hashing and verification run in a worker thread so the event loop keeps serving.
 """
 
 from __future__ import annotations
@@ -120,8 +120,31 @@ def hash_password(password: str, params: ScryptParams = ScryptParams()) -> str:
     return "$".join(("scrypt", str(params.n), str(params.r), str(params.p), _b64(salt), _b64(digest)))
 
 
+BCRYPT_COST = 10  # etcd's (golang.org/x/crypto/bcrypt's DefaultCost)
+
+
+def hash_password_bcrypt(password: str) -> str:
+    """The hash etcd stores: bcrypt, cost 10, in Go's "$2a$" form."""
+    import bcrypt
+
+    return bcrypt.hashpw(_bcrypt_input(password), bcrypt.gensalt(BCRYPT_COST, prefix=b"2a")).decode("ascii")
+
+
+def _bcrypt_input(password: str) -> bytes:
+    # bcrypt reads at most 72 bytes of a password (and the Python binding refuses more)
+    return password.encode()[:72]
+
+
 def verify_password(password: str, stored: str) -> bool:
-    """Check ``password`` against a hash from ``hash_password``, in constant time."""
+    """Check ``password`` against a hash from ``hash_password`` (or a bcrypt hash, which etcd
+    stores and a restored etcd snapshot brings along), in constant time."""
+    if stored.startswith(("$2a$", "$2b$", "$2y$")):
+        import bcrypt
+
+        try:
+            return bcrypt.checkpw(_bcrypt_input(password), stored.encode())
+        except ValueError:
+            return False
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
@@ -218,7 +241,7 @@ class AuthStore:
         store: Proposer,
         *,
         token_ttl: float = DEFAULT_TOKEN_TTL,
-        scrypt_params: ScryptParams = ScryptParams(),
+        scrypt_params: ScryptParams | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -528,6 +551,8 @@ class AuthStore:
     # --- journaling --------------------------------------------------------------------------
 
     async def _hash(self, password: str) -> str:
+        if self.scrypt_params is None:
+            return await asyncio.to_thread(hash_password_bcrypt, password)
         return await asyncio.to_thread(hash_password, password, self.scrypt_params)
 
     async def _propose(self, op: dict[str, Any]) -> Any:

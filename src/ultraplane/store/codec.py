@@ -21,6 +21,9 @@ crc32 of everything before it.
                nalarms:I (len:H name)*  nmachines:I (nlen:H name dlen:I dump)*
   B  base kvs  raw kvs (versions older than the compact revision that are still retained)
   V  revisions (rev:q n:I raw-kv*)*   every revision from revlog_start to rev, in order
+  S  sub-revisions (rev:q n:I (sub:I klen:I key)*)*   for revisions before revlog_start that wrote
+               several keys still retained: each key's place in its revision (etcd's sub-revision);
+               optional (older snapshots lack it), readers ignore frame types they do not know
   Z  end       crc32:I
 
 raw kv: klen:I vlen:I create:q mod:q version:q lease:q key value  (version 0 = tombstone)
@@ -46,6 +49,7 @@ I64 = struct.Struct("<q")
 RAW_KV = struct.Struct("<IIqqqq")
 FRAME = struct.Struct("<BI")
 SNAP_HEAD = struct.Struct("<qqqI")
+SUB_ENTRY = struct.Struct("<II")
 
 OP_PUT = 0
 OP_DELETE = 1
@@ -212,6 +216,31 @@ def decode_header(
         machines.append((name, buf[pos : pos + dlen]))
         pos += dlen
     return rev, compact_rev, revlog_start, leases, alarms, machines
+
+
+def encode_subs(subs: dict[int, dict[bytes, int]]) -> bytes:
+    out = bytearray()
+    for rev, keys in sorted(subs.items()):
+        out += TXN_HEAD.pack(rev, len(keys))
+        for key, sub in sorted(keys.items(), key=lambda item: item[1]):
+            out += SUB_ENTRY.pack(sub, len(key))
+            out += key
+    return bytes(out)
+
+
+def decode_subs(buf: bytes) -> dict[int, dict[bytes, int]]:
+    subs: dict[int, dict[bytes, int]] = {}
+    pos = 0
+    while pos < len(buf):
+        rev, n = TXN_HEAD.unpack_from(buf, pos)
+        pos += TXN_HEAD.size
+        keys = subs.setdefault(rev, {})
+        for _ in range(n):
+            sub, klen = SUB_ENTRY.unpack_from(buf, pos)
+            pos += SUB_ENTRY.size
+            keys[buf[pos : pos + klen]] = sub
+            pos += klen
+    return subs
 
 
 class FrameWriter:

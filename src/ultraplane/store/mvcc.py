@@ -256,6 +256,9 @@ class Store:
         self._compact_rev = -1  # etcd: -1 until the first compaction (compact(0) is then allowed)
         self._revlog: list[tuple[KeyValue, ...]] = [()]  # revision 1 wrote nothing
         self._revlog_base = 1
+        # etcd's sub-revisions of retained versions older than _revlog_base, for revisions that
+        # wrote several keys (a version alone in its revision has sub-revision 0): rev -> key -> sub
+        self._old_subs: dict[int, dict[bytes, int]] = {}
         self._size = 0
 
         self._leases: dict[int, _Lease] = {}
@@ -357,6 +360,12 @@ class Store:
     @property
     def revision(self) -> int:
         return self._committed
+
+    @property
+    def latest_revision(self) -> int:
+        """The newest revision in memory, writes not yet durable included (a replicated writer's
+        read index: wait_for_revision(latest_revision) covers every write issued so far)."""
+        return self._rev
 
     @property
     def compact_revision(self) -> int:
@@ -899,6 +908,7 @@ class Store:
         return TxnResult(rev if changes else rev - 1, ok, responses), pos
 
     def _fix_revisions(self, res: TxnResult, rev: int) -> None:
+        """A txn that wrote nothing answers every op at the revision it was served at."""
         res.revision = rev
         for r in res.responses:
             if type(r) is TxnResult:
@@ -932,7 +942,9 @@ class Store:
         self._rev = rev
         entry = tuple(changes)
         self._revlog.append(entry)
-        self._fix_revisions(result, rev)
+        # the ops keep the revisions they ran at (a range before the first write reads rev - 1,
+        # as etcd 3.4 answers); the txn itself answers at its own revision
+        result.revision = rev
         await self._durable(self._append(codec.encode_ops(rev, entry)), rev)
         return result
 
@@ -1139,8 +1151,30 @@ class Store:
         self._compact_rev = rev
         cut = rev - self._revlog_base
         if cut > 0:
+            self._keep_subs(rev, cut)
             del self._revlog[:cut]
             self._revlog_base = rev
+
+    def _keep_subs(self, rev: int, cut: int) -> None:
+        """Remember the sub-revisions the dropped part of the revision log knew, for the versions
+        compaction at ``rev`` keeps (each key's newest at ``rev``): etcd's key bucket (snapshots,
+        HashKV) names them by (revision, sub-revision)."""
+        subs = self._old_subs
+        base = self._revlog_base
+        for i in range(cut):
+            entry = self._revlog[i]
+            if len(entry) > 1:
+                subs[base + i] = {kv.key: n for n, kv in enumerate(entry) if kv.version}
+        for r in list(subs):
+            kept = {}
+            for key, sub in subs[r].items():
+                kv = self._get_at(key, rev)
+                if kv is not None and kv.mod_revision == r:
+                    kept[key] = sub
+            if len(kept) > 1 or any(kept.values()):
+                subs[r] = kept
+            else:
+                del subs[r]
 
     def _trim_key(self, key: bytes, rev: int) -> None:
         """Keep the newest version at or before rev (unless it is a tombstone) and everything after."""
@@ -1272,29 +1306,16 @@ class Store:
 
     # ================================================================ hashes
     def hash_kv(self, revision: int = 0) -> tuple[int, int, int]:
+        """etcd's HashKV: (hash, compact revision, current revision), computed over the versions
+        as etcd's key bucket would hold them, so it equals etcd's for the same history."""
+        from ultraplane.store import etcdsnapshot
+
         rev = revision if revision > 0 else self._committed
+        if revision > 0 and revision <= self._compact_rev:
+            raise Compacted()
         if rev > self._committed:
             raise FutureRevision()
-        if rev < self._compact_rev:
-            raise Compacted()
-        compact = self._compact_rev
-        crc = 0
-        for key in self._all:
-            hist = self._hist[key]
-            i = bisect_right(hist, compact, key=_mod_rev)
-            start = i - 1 if i > 0 and hist[i - 1].version else i  # the version kept at compaction
-            for kv in hist[start:]:
-                if kv.mod_revision > rev:
-                    break
-                crc = zlib.crc32(kv.key, crc)
-                crc = zlib.crc32(
-                    codec.RAW_KV.pack(
-                        0, len(kv.value), kv.create_revision, kv.mod_revision, kv.version, kv.lease
-                    ),
-                    crc,
-                )
-                crc = zlib.crc32(kv.value, crc)
-        return crc, compact, self._committed
+        return etcdsnapshot.hash_kv(self, rev), self._compact_rev, self._committed
 
     def hash(self) -> int:
         crc = 0
@@ -1319,7 +1340,8 @@ class Store:
         )
         hist_items = list(self._hist.items())  # history lists are appended to or replaced, never edited
         revlog = self._revlog[start - self._revlog_base : rev - self._revlog_base + 1]
-        return self._snapshot_gen(header, hist_items, revlog, start)
+        subs = codec.encode_subs(self._old_subs) if self._old_subs else b""
+        return self._snapshot_gen(header, hist_items, revlog, start, subs)
 
     @staticmethod
     def _snapshot_gen(
@@ -1327,9 +1349,12 @@ class Store:
         hist_items: list[tuple[bytes, list[KeyValue]]],
         revlog: list[tuple[KeyValue, ...]],
         start: int,
+        subs: bytes = b"",
     ) -> Iterator[bytes]:
         fw = codec.FrameWriter()
         fw.frame(b"H", header)
+        if subs and (chunk := fw.frame(b"S", subs)):
+            yield chunk
         batch = bytearray()
         for _key, hist in sorted(hist_items):
             for kv in hist:
@@ -1401,6 +1426,8 @@ class Store:
                     # open() trims them again after loading
                     for kv in entry:
                         self._load_version(hist, kv)
+            elif kind == b"S":
+                self._old_subs = codec.decode_subs(payload)
         if self._revlog_base + len(self._revlog) - 1 != rev:
             raise codec.SnapshotError("snapshot revision log is incomplete")
         self._rev = rev
@@ -1451,10 +1478,21 @@ class Store:
 
     @staticmethod
     async def restore(snapshot_file: str, journal: Journal) -> None:
-        """Seed an empty journal (a fresh data dir) with a snapshot file from snapshot_chunks()."""
+        """Seed an empty journal (a fresh data dir) with a snapshot file: one from
+        snapshot_chunks(), or an etcd backend database (`etcdctl snapshot save`), converted."""
+        from ultraplane.store import bbolt, etcdsnapshot
+
         with open(snapshot_file, "rb") as f:
-            for _ in codec.read_frames(f):
-                pass  # validate the whole file (crc) before touching the journal
+            head = f.read(bbolt.DEFAULT_PAGE_SIZE)
+        native: list[bytes] | None = None
+        if bbolt.is_bolt(head):
+            with open(snapshot_file, "rb") as f:
+                body = etcdsnapshot.strip_trailer(f.read())
+            native = list(etcdsnapshot.native_snapshot(etcdsnapshot.parse_db(body)))
+        else:
+            with open(snapshot_file, "rb") as f:
+                for _ in codec.read_frames(f):
+                    pass  # validate the whole file (crc) before touching the journal
         recovery = journal.open()
         if recovery.snapshot is not None or next(iter(recovery.records), None) is not None:
             raise RuntimeError("restore needs an empty data directory")
@@ -1464,5 +1502,5 @@ class Store:
                 while block := f.read(codec.SNAPSHOT_CHUNK_BYTES):
                     yield block
 
-        await journal.write_snapshot(chunks())
+        await journal.write_snapshot(native if native is not None else chunks())
         await journal.close()
