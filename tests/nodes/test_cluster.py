@@ -214,3 +214,21 @@ def test_kill_stops_lease_renewals_and_revive_resumes_them(cluster: Cluster, cor
     wait_for(lambda: lease_renewed(core, victim) > frozen, "the revived node's renewal", 5)
     unknown = nodes_admin(cluster, "kill", "no-such-node")
     assert unknown.returncode == 1 and 'nodes "no-such-node" not found' in unknown.stderr
+
+
+def test_kubelet_restores_ready_that_the_node_controller_took_away(cluster: Cluster, core: client.CoreV1Api,
+                                                                  nodes: dict[str, Any]) -> None:
+    # The node lifecycle controller marks a late node's pods Ready=False; a kubelet that answers again puts
+    # its own view back (the status manager reconciles), or ReplicaSets would never count the pod again.
+    make_pod(core, "comeback")
+    wait_for(lambda: phase(core, "comeback", "Running"), "the pod Running", WAIT_S)
+
+    def ready() -> str:
+        pod = core.read_namespaced_pod("comeback", "default")
+        return next(c.status for c in pod.status.conditions if c.type == "Ready")
+
+    wait_for(lambda: ready() == "True", "the pod Ready", WAIT_S)
+    core.patch_namespaced_pod_status("comeback", "default", {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "NodeNotReady"}]}})
+    wait_for(lambda: ready() == "True", "the kubelet to restore Ready", WAIT_S)
+    core.delete_namespaced_pod("comeback", "default", grace_period_seconds=0)

@@ -186,6 +186,10 @@ class Stats:
     write_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
 
 
+def _condition(status: Obj, kind: str) -> str | None:
+    return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
 def _go_duration(seconds: float) -> str:
     """time.Duration's String() for the durations a pull takes: 340.5ms, 1.234s."""
     if seconds < 1:
@@ -451,8 +455,24 @@ class NodeSimulator:
                 self._adopt(state, pod)
         else:
             state.pod = pod
+            if node.alive:
+                self._reconcile_status(state, pod)
         if node.alive:
             self._sync_pod(state)
+
+    def _reconcile_status(self, state: PodState, pod: Obj) -> None:
+        """The kubelet's status manager writes again when the API server's copy disagrees with its own view
+        (needsReconcile): the node lifecycle controller sets Ready=False on the pods of a node whose heartbeats
+        were late, and once the node answers, its kubelet puts its own Ready back. Without this a pod stays
+        unready for good after a moment of load, and its ReplicaSet never counts it."""
+        if state.status is None or state.terminating or pod["metadata"].get("deletionTimestamp"):
+            return
+        if state.desired is not None or state.writing or state.queued:
+            return  # our own write is on its way; the API copy lags it legitimately
+        mine = _condition(state.status, "Ready")
+        theirs = _condition(pod.get("status") or {}, "Ready")
+        if mine is not None and theirs is not None and mine != theirs:
+            self._desire(state, state.status)
 
     def on_pod_deleted(self, pod: Obj) -> None:
         state = self.pods.pop(pod["metadata"].get("uid", ""), None)
