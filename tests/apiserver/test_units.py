@@ -1,4 +1,4 @@
-"""Pure pieces of the API server: formatting kube's printers use, SSA field release, strict fields."""
+"""Pure pieces of the API server: formatting kube's printers use, continue tokens, strict fields."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import pytest
 from ultraplane.apiserver import errors
 from ultraplane.apiserver.registry import (
     decode_continue,
-    drop_released_fields,
     encode_continue,
-    managed_fields_of,
     unknown_fields,
 )
 from ultraplane.apiserver.resources import format_selector, human_duration, image_pull_policy
@@ -39,15 +37,6 @@ def test_continue_token_round_trip_and_garbage() -> None:
     with pytest.raises(errors.ApiError) as bad:
         decode_continue("garbage")
     assert bad.value.code == 400
-
-
-def test_released_fields_are_dropped_unless_owned_elsewhere() -> None:
-    old = managed_fields_of({"data": {"x": "1", "y": "2", "z": "3"}})
-    new = managed_fields_of({"data": {"y": "2"}})
-    other = managed_fields_of({"data": {"z": "3"}})
-    obj = {"data": {"x": "1", "y": "2", "z": "3", "w": "4"}}
-    drop_released_fields(obj, old, new, [other])
-    assert obj == {"data": {"y": "2", "z": "3", "w": "4"}}
 
 
 def test_unknown_fields_follow_the_schema() -> None:

@@ -118,7 +118,9 @@ def _arch() -> str:
 
 
 def json_response(status: int, body: Any) -> Response:
-    return Response(status, orjson.dumps(body))
+    # kube's JSON serializer writes with encoding/json's Encoder: every body ends with a newline, which
+    # clients keep (create_from_yaml's FailToCreateError text is the 409 bodies joined as they came)
+    return Response(status, orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def with_warnings(response: Response, wo: WriteOptions) -> Response:
@@ -129,7 +131,7 @@ def with_warnings(response: Response, wo: WriteOptions) -> Response:
 
 
 def error_response(exc: ApiError) -> Response:
-    return Response(exc.code, orjson.dumps(exc.status))
+    return Response(exc.code, orjson.dumps(exc.status, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def storage_error_text(exc: Exception) -> str | None:
@@ -175,6 +177,7 @@ class ApiServer:
         self.subresource_handlers: dict[tuple[str, str], Callable[[Request, str, str, str], Awaitable[Response]]] = {}
         # other non-resource paths -> handler: the service-account issuer's OIDC discovery documents
         self.path_handlers: dict[str, Callable[[Request], Response]] = {}
+        self.aggregator: Any = None  # aggregator.Aggregator, installed by run.py
 
     def resources_changed(self) -> None:
         """Resources came or went (CRDs): rebuild the group list and drop the cached discovery documents."""
@@ -190,6 +193,10 @@ class ApiServer:
                 custom.add(group)
         for group in custom:  # kube orders a CRD group's versions by priority; the first is preferred
             groups[group].sort(key=version_priority)
+        if self.aggregator is not None:  # groups served by aggregated API servers
+            for group, versions in self.aggregator.groups().items():
+                groups.setdefault(group, [])
+                groups[group] = [*versions, *(v for v in groups[group] if v not in versions)]
         self.groups = groups
         self._discovery_cache.clear()
 
@@ -224,7 +231,8 @@ class ApiServer:
             if text is None:
                 raise
             response = Response(500, orjson.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                                   "status": "Failure", "message": text, "code": 500}))
+                                                   "status": "Failure", "message": text, "code": 500},
+                                                  option=orjson.OPT_APPEND_NEWLINE))
         finally:
             self.metrics.inflight[mutating] -= 1
         self.metrics.observe(info_holder[0], response.status, time.perf_counter() - started)
@@ -283,9 +291,16 @@ class ApiServer:
                                parts: list[str]) -> Response:
         self.authorize(user, info, request)
         if info is None:
+            if self.aggregator is not None and len(parts) == 3 and parts[0] == "apis":
+                target = self.aggregator.backing(parts[1], parts[2])
+                if target is not None:  # an aggregated group/version's discovery document
+                    return await self.aggregator.proxy(request, user, target)
             return self.non_resource(request, parts)
         s = self.by_resource.get((info.group, info.version, info.resource))
         if s is None:
+            target = self.aggregator.backing(info.group, info.version) if self.aggregator is not None else None
+            if target is not None:
+                return await self.aggregator.proxy(request, user, target)
             raise ApiError(errors.status(404, "NotFound", "the server could not find the requested resource", {}))
         return await self.serve_resource(request, info, s, user)
 
@@ -419,6 +434,10 @@ class ApiServer:
         items = []
         for group, versions in self.groups.items():
             if (group == "") != core:
+                continue
+            if self.aggregator is not None and group in self.aggregator.groups():
+                items.append({"metadata": {"name": group, "creationTimestamp": None},
+                              "versions": self.aggregator.discovery_v2_versions(group)})
                 continue
             version_entries = []
             for version in versions:

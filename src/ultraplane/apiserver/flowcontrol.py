@@ -537,7 +537,7 @@ async def run_caught(call: Callable[[], Awaitable[Response]]) -> Response:
     try:
         return await call()
     except ApiError as exc:
-        return Response(exc.code, orjson.dumps(exc.status))
+        return Response(exc.code, orjson.dumps(exc.status, option=orjson.OPT_APPEND_NEWLINE))
 
 
 class Rejected(Exception):

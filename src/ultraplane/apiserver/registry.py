@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidTag
 
-from ultraplane.apiserver import errors
+from ultraplane.apiserver import errors, fieldmanager
 from ultraplane.apiserver.encryption import EncryptionConfig, EncryptionConfigError
 from ultraplane.apiserver.storage import (
     Backend,
@@ -53,8 +53,13 @@ CONTINUE_EXPIRED = (
     "up in the list."
 )
 GENERATE_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-BOOKMARK_INTERVAL = 10.0
+BOOKMARK_INTERVAL = 60.0  # kube's cacher: a bookmark a minute, and one 2 s before the watch's deadline
+BOOKMARK_BEFORE_DEADLINE = 2.0
 IDLE_WATCH_WAIT = 3600.0  # a watch without bookmarks or deadline checks in this rarely
+# metadata an applied configuration can own (the rest is the server's or only names the object)
+APPLIED_METADATA = ("labels", "annotations", "finalizers", "ownerReferences")
+_STATUS_ONLY = frozenset({"status"})
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -198,152 +203,15 @@ def set_path(obj: Obj, path: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-def fields_v1(value: Any) -> Any:
-    """The FieldsV1 set of a value: ``f:`` per map key, ``k:`` for lists of named items, atomic otherwise."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out[f"f:{k}"] = fields_v1(v)
-        return out
-    if isinstance(value, list) and value and all(isinstance(i, dict) and "name" in i for i in value):
-        out = {}
-        for item in value:
-            out["k:" + orjson.dumps({"name": item["name"]}).decode()] = {".": {}, **fields_v1(item)}
-        return out
-    return {}
-
-
-def managed_fields_of(obj: Obj, *, subresource: str = "") -> dict[str, Any]:
-    meta = obj.get("metadata", {})
-    tracked: dict[str, Any] = {}
-    managed_meta = {k: meta[k] for k in ("labels", "annotations", "finalizers") if meta.get(k)}
-    if managed_meta:
-        tracked["f:metadata"] = fields_v1(managed_meta)
-    for k, v in obj.items():
-        if k in ("metadata", "kind", "apiVersion"):
-            continue
-        if (k == "status") != (subresource == "status"):
-            continue
-        tracked[f"f:{k}"] = fields_v1(v)
-    return tracked
-
-
-def record_manager(obj: Obj, manager: str, operation: str, api_version: str, subresource: str = "",
-                   applied: Obj | None = None) -> None:
-    """One managedFields entry per (manager, operation, subresource); Apply owns only what it applied."""
-    if not manager:
-        return
-    meta = obj["metadata"]
-    fields = managed_fields_of(applied if applied is not None else obj, subresource=subresource)
-    entries = [e for e in meta.get("managedFields") or []
-               if not (e.get("manager") == manager and e.get("operation") == operation
-                       and e.get("subresource", "") == subresource)]
-    entry: dict[str, Any] = {"manager": manager, "operation": operation, "apiVersion": api_version,
-                             "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fields}
-    if subresource:
-        entry["subresource"] = subresource
-    entries.append(entry)
-    meta["managedFields"] = entries
-
-
-def leaf_paths(fields: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out: list[tuple[str, ...]] = []
-    for key, sub in fields.items():
-        if key == ".":
-            continue
-        children = {k: v for k, v in sub.items() if k != "."} if isinstance(sub, dict) else {}
-        out += leaf_paths(children, (*prefix, key)) if children else [(*prefix, key)]
-    return out
-
-
-def value_at(obj: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
-    cur = obj
-    for key in path:
-        if key.startswith("f:") and isinstance(cur, dict) and key[2:] in cur:
-            cur = cur[key[2:]]
-        elif key.startswith("k:") and isinstance(cur, list):
-            ident = orjson.loads(key[2:])
-            cur = next((i for i in cur if isinstance(i, dict) and all(i.get(k) == v for k, v in ident.items())),
-                       None)
-            if cur is None:
-                return False, None
-        else:
-            return False, None
-    return True, cur
-
-
-def path_text(path: tuple[str, ...]) -> str:
-    """kube's field path notation: ``.spec.containers[name="web"].image``."""
-    out = ""
-    for key in path:
-        if key.startswith("f:"):
-            out += "." + key[2:]
-        else:
-            out += "[" + ",".join(f'{k}="{v}"' for k, v in orjson.loads(key[2:]).items()) + "]"
-    return out
-
-
-def _drop_path(fields: dict[str, Any], path: tuple[str, ...]) -> None:
-    cur = fields
-    for key in path[:-1]:
-        cur = cur.get(key)
-        if not isinstance(cur, dict):
-            return
-    cur.pop(path[-1], None)
-
-
-def take_ownership(merged: Obj, current: Obj, applied: Obj, applied_fields: dict[str, Any], manager: str,
-                   subresource: str, force: bool) -> None:
-    """Apply conflicts: a field applied with a different value than another manager set is a 409,
-    unless forced, which moves the field to this manager."""
-    conflicts: list[tuple[str, tuple[str, ...]]] = []
-    entries = [e for e in merged["metadata"].get("managedFields") or []
-               if e.get("subresource", "") == subresource
-               and not (e.get("manager") == manager and e.get("operation") == "Apply")]
-    mine = leaf_paths(applied_fields)
-    for entry in entries:
-        owned = set(leaf_paths(entry.get("fieldsV1") or {}))
-        who = f'"{entry.get("manager", "")}"'
-        if entry.get("operation") == "Update":
-            who += f' using {entry.get("apiVersion", "")}'
-        for path in mine:
-            if path in owned and value_at(current, path) != value_at(applied, path):
-                conflicts.append((who, path))
-                if force:
-                    _drop_path(entry["fieldsV1"], path)
-    if conflicts and not force:
-        if len(conflicts) == 1:
-            text = f"conflict with {conflicts[0][0]}: {path_text(conflicts[0][1])}"
-        else:
-            by_manager: dict[str, list[str]] = {}
-            for who, path in conflicts:
-                by_manager.setdefault(who, []).append(path_text(path))
-            text = "\n".join(f"conflicts with {who}" + "".join(f"\n- {p}" for p in paths)
-                             for who, paths in sorted(by_manager.items()))
-        n = len(conflicts)
-        raise errors.ApiError(errors.status(
-            409, "Conflict", f"Apply failed with {n} conflict{'s' if n > 1 else ''}: {text}",
-            {"causes": [{"reason": "FieldManagerConflict", "message": f"conflict with {who}", "field": path_text(p)}
-                        for who, p in conflicts]}))
-
-
-def drop_released_fields(obj: Any, previous: dict[str, Any], applied: dict[str, Any],
-                         others: list[dict[str, Any]]) -> None:
-    """Server-side apply: a field this manager applied before, no longer applies and nobody else owns goes."""
-    if not isinstance(obj, dict):
-        return
-    for key, sub in previous.items():
-        if not key.startswith("f:"):
-            continue
-        name = key[2:]
-        if name not in obj:
-            continue
-        owned_elsewhere = [o[key] for o in others if key in o]
-        if key not in applied:
-            if not owned_elsewhere:
-                del obj[name]
-        elif isinstance(sub, dict) and sub and isinstance(applied[key], dict):
-            drop_released_fields(obj[name], sub, applied[key], [o for o in owned_elsewhere if isinstance(o, dict)])
+def next_bookmark_time(now: float, deadline: float | None) -> float | None:
+    """kube's cacheWatcher.nextBookmarkTime: a minute from now, or just before the deadline when that is
+    sooner; none once that moment has passed."""
+    at = now + BOOKMARK_INTERVAL
+    if deadline is None:
+        return at
+    at = min(at, deadline - BOOKMARK_BEFORE_DEADLINE)
+    # strictly later: the loop's clock ticks in milliseconds here, and "now" again must not repeat it
+    return at if at > now else None
 
 
 def default_manager(user_agent: str) -> str:
@@ -961,14 +829,22 @@ class Registry:
             meta["generation"] = 1
         else:
             meta.pop("generation", None)
+        # kube records the creator's fields on the decoded (defaulted) object, before the registry and
+        # admission change it: allocated ClusterIPs, a reset status or an admitted priority belong to nobody
+        schema = self.schema_for(s)
+        if applied is not None:
+            fieldmanager.record_apply_create(obj, applied, schema, wo.manager(), s.api_version,
+                                             self.reset_fields(s, obj, obj, ""))
+        else:
+            s.defaults(obj)
+            fieldmanager.record_update(obj, None, schema, wo.manager(), s.api_version, "",
+                                       self.reset_fields(s, obj, obj, ""))
         s.prepare_create(obj)
         admit = self.admission.get(s.plural)
         undo = await admit(obj) if admit is not None else None
         try:
             s.defaults(obj)
             self.validate(s, obj, None)
-            meta.pop("managedFields", None)
-            record_manager(obj, wo.manager(), operation, s.api_version, applied=applied)
             if wo.dry_run:
                 if undo is not None:
                     await undo()
@@ -1014,7 +890,7 @@ class Registry:
 
     async def guaranteed_update(self, s: Strategy, namespace: str, name: str, mutate: Callable[[Obj], Obj],
                                 wo: WriteOptions, *, subresource: str = "", precondition_rv: str = "",
-                                operation: str = "Update", applied: Obj | None = None, writes_status: bool = False) -> Obj:
+                                operation: str = "Update", writes_status: bool = False) -> Obj:
         backend = self.backend_for(s)
         key = s.key(namespace, name)
         for _attempt in range(32):
@@ -1029,11 +905,13 @@ class Registry:
             if admitting is not None:
                 await admitting
             new = self.prepare_update(s, new, current, subresource, writes_status)
+            if operation != "Apply":  # an apply's fields were settled on the merged object (self.apply)
+                fieldmanager.record_update(new, current, self.schema_for(s), wo.manager(), s.api_version,
+                                           subresource, self.reset_fields(s, new, current, subresource))
             hook = self.update_admission.get(s.plural) if not subresource else None
             change = await hook(new, current) if hook is not None else None
             try:
-                outcome = await self.store_update(s, backend, key, new, current, mod_rev, wo, subresource,
-                                                  operation, applied)
+                outcome = await self.store_update(s, backend, key, new, current, mod_rev, wo)
             except BaseException:
                 if change is not None:
                     await change.undo()
@@ -1058,11 +936,9 @@ class Registry:
         raise errors.conflict(s.group, s.plural, name, errors.MODIFIED)
 
     async def store_update(self, s: Strategy, backend: Backend, key: bytes, new: Obj, current: Obj, mod_rev: int,
-                           wo: WriteOptions, subresource: str, operation: str,
-                           applied: Obj | None) -> tuple[Obj, bool] | None:
+                           wo: WriteOptions) -> tuple[Obj, bool] | None:
         """Validate and write one attempt: (object, written), or None when another write won the race."""
         self.validate(s, new, current)
-        record_manager(new, wo.manager(), operation, s.api_version, subresource, applied)
         if self.unchanged(new, current):
             return current, False
         if wo.dry_run:
@@ -1078,12 +954,16 @@ class Registry:
 
     @staticmethod
     def unchanged(new: Obj, current: Obj) -> bool:
-        a = {k: v for k, v in new["metadata"].items() if k != "managedFields"}
-        b = {k: v for k, v in current["metadata"].items() if k != "managedFields"}
-        if a != b:
-            return False
-        return {k: v for k, v in new.items() if k != "metadata"} == {k: v for k, v in current.items()
-                                                                      if k != "metadata"}
+        """Nothing to store: managedFields included (their times move only when fields change)."""
+        return new == current
+
+    @staticmethod
+    def reset_fields(s: Strategy, new: Obj, current: Obj, subresource: str) -> frozenset[str]:
+        """Top-level fields a write through this endpoint cannot set, so no manager owns them there
+        (kube's GetResetFields): status on the main resource, all but metadata and status on /status."""
+        if subresource == "status":
+            return frozenset(k for k in (*new, *current) if k not in ("metadata", "status"))
+        return _STATUS_ONLY if s.has_status() else _NOTHING
 
     def prepare_update(self, s: Strategy, new: Obj, current: Obj, subresource: str,
                        writes_status: bool = False) -> Obj:
@@ -1266,9 +1146,10 @@ class Registry:
             if exc.code != 404 or subresource:
                 raise
             cmeta["name"] = name
+            applied_config = {**config, "metadata": {k: v for k, v in cmeta.items() if k in APPLIED_METADATA}}
             try:
                 return await self.create(s, namespace, copy.deepcopy(config), wo, operation="Apply",
-                                         applied=config), True
+                                         applied=applied_config), True
             except errors.ApiError as exc2:
                 if exc2.code != 409:
                     raise
@@ -1276,29 +1157,17 @@ class Registry:
 
         schema = self.schema_for(s)
         applied = {k: v for k, v in config.items() if k not in ("apiVersion", "kind")}
-        applied["metadata"] = {k: v for k, v in cmeta.items() if k in ("labels", "annotations", "finalizers")}
-
-        new_fields = managed_fields_of(applied)
+        applied["metadata"] = {k: v for k, v in cmeta.items() if k in APPLIED_METADATA}
         manager = wo.manager()
 
         def mutate(current: Obj) -> Obj:
-            previous: dict[str, Any] = {}
-            others: list[dict[str, Any]] = []
-            for entry in current["metadata"].get("managedFields") or []:
-                if entry.get("subresource", "") != subresource:
-                    continue
-                if entry.get("manager") == manager and entry.get("operation") == "Apply":
-                    previous = entry.get("fieldsV1") or {}
-                else:
-                    others.append(entry.get("fieldsV1") or {})
             merged = patchlib.strategic_merge_patch(current, applied, schema)
-            take_ownership(merged, current, applied, new_fields, manager, subresource, force)
-            drop_released_fields(merged, previous, new_fields, others)
-            return merged
+            return fieldmanager.apply(current, merged, applied, schema, manager, s.api_version, subresource, force,
+                                      self.reset_fields(s, merged, current, subresource))
 
         return await self.guaranteed_update(s, namespace, name, mutate, wo, subresource=subresource,
                                             precondition_rv=str(cmeta.get("resourceVersion") or ""),
-                                            operation="Apply", applied=applied), False
+                                            operation="Apply"), False
 
     # ------------------------------------------------------------------ delete
     async def delete(self, s: Strategy, namespace: str, name: str, options: Obj, wo: WriteOptions) -> tuple[Obj, int]:
@@ -1543,27 +1412,31 @@ class Registry:
                     "metadata": {"resourceVersion": str(start_rev),
                                  "annotations": {"k8s.io/initial-events-end": "true"}}}}) + b"\n"
             queue = sub.queue
+            next_bookmark = next_bookmark_time(loop.time(), deadline) if bookmarks else None
             while True:
-                # without bookmarks an idle watch sleeps until its deadline, not every BOOKMARK_INTERVAL
-                wait = BOOKMARK_INTERVAL if bookmarks else IDLE_WATCH_WAIT
+                # without bookmarks an idle watch sleeps until its deadline
+                now = loop.time()
+                wait = IDLE_WATCH_WAIT if next_bookmark is None else max(0.0, next_bookmark - now)
                 if deadline is not None:
-                    wait = min(wait, deadline - loop.time())
-                    if wait <= 0:
+                    if deadline <= now:
                         break
-                await sub.wait(wait)
+                    wait = min(wait, deadline - now)
                 if not queue:
-                    if sub.ended:
-                        break
-                    if bookmarks and cache.revision > 0:
+                    await sub.wait(wait)
+                if queue:
+                    out = b"".join(queue)
+                    queue.clear()
+                    yield out
+                elif sub.ended:
+                    break
+                if next_bookmark is not None and loop.time() >= next_bookmark:
+                    next_bookmark = next_bookmark_time(loop.time(), deadline)
+                    if cache.revision > 0:
                         # every event up to cache.revision has been dispatched, and this watch's are written
                         last_rev = max(last_rev, cache.revision)
                         yield dumps({"type": "BOOKMARK", "object": {
                             "kind": s.kind, "apiVersion": s.api_version,
                             "metadata": {"resourceVersion": str(last_rev)}}}) + b"\n"
-                    continue
-                out = b"".join(queue)
-                queue.clear()
-                yield out
         finally:
             sub.close()
 

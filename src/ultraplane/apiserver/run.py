@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ultraplane import pki
 from ultraplane.apiserver import (
+    aggregator,
     crd,
     errors,
     flowcontrol,
@@ -54,6 +55,10 @@ class ApiserverPki:
     admin_cert: Path
     admin_key: Path
     sa_key: Path | None = None  # the service-account token signing key (sa.key; sa.pub beside it)
+    # kube's --proxy-client-cert-file/--proxy-client-key-file: how the aggregator authenticates to
+    # aggregated API servers (issued by the cluster CA; kube uses a separate front-proxy CA)
+    proxy_cert: Path | None = None
+    proxy_key: Path | None = None
 
 
 def ensure_pki(pki_dir: Path, host: str, service_ip: str) -> ApiserverPki:
@@ -62,8 +67,9 @@ def ensure_pki(pki_dir: Path, host: str, service_ip: str) -> ApiserverPki:
                     "kubernetes.default.svc.cluster.local", service_ip})
     serving = pki.issue(ca, pki_dir, "apiserver", "kube-apiserver", server_hosts=hosts)
     admin = pki.issue(ca, pki_dir, "admin", ADMIN_USER, client=True, organizations=["system:masters"])
+    proxy = pki.issue(ca, pki_dir, "front-proxy-client", "front-proxy-client", client=True)
     return ApiserverPki(ca.cert, serving.cert, serving.key, admin.cert, admin.key,
-                        satokens.ensure_signing_key(pki_dir))
+                        satokens.ensure_signing_key(pki_dir), proxy.cert, proxy.key)
 
 
 def write_kubeconfig(path: Path, server: str, files: ApiserverPki) -> None:
@@ -148,6 +154,8 @@ class RunningApiserver:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+        if self.app.aggregator is not None:
+            await self.app.aggregator.close()
         await self.registry.close()
 
 
@@ -157,7 +165,7 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
     registry.namespace_cleanup = cfg.namespace_cleanup
     authz = rbac.RbacAuthorizer()
     for strategy in [*builtin_strategies(), *flowcontrol.strategies(), policy.pdb_strategy(), crd.crd_strategy(),
-                     *rbac_api.strategies(authz)]:
+                     *rbac_api.strategies(authz), aggregator.apiservice_strategy()]:
         registry.register(strategy)
     disruption = policy.install(registry)
     priorities = priority.install(registry)  # kube's Priority admission plugin and PriorityClass validation
@@ -187,6 +195,14 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
     app.subresource_handlers[("pods", "log")] = podlogs.PodLogs(registry, kubelet_logs).serve
     app.subresource_handlers[("pods", "eviction")] = restriction.guard_eviction(disruption.serve)
     await bootstrap(registry, allocator, cfg.host, cfg.port)
+    # the aggregation layer: local APIServices of what is served, availability, proxying
+    agg = aggregator.Aggregator(registry, str(files.proxy_cert or files.admin_cert),
+                                str(files.proxy_key or files.admin_key))
+    await agg.sync_local()
+    await agg.check_all()
+    app.aggregator = agg
+    agg.listeners.append(app.resources_changed)
+    crds.listeners.append(lambda: asyncio.ensure_future(agg.sync_local()))
     await priority.bootstrap(registry)  # kube's scheduling/bootstrap-system-priority-classes hook
     priority_task = await priorities.start()  # the classes pod creates read, kept from the watch cache
     rbac_task = await rbac_controller.start_rbac(registry, authz)  # kube's rbac/bootstrap-roles hook
@@ -199,7 +215,7 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
     background = [asyncio.ensure_future(flow.run(registry)), asyncio.ensure_future(authenticator.run()),
                   asyncio.ensure_future(satokens.LegacyTokenController(registry, sa_tokens,
                                                                        files.ca_cert.read_bytes()).run())]
-    background += [rbac_task, node_graph_task, priority_task]
+    background += [rbac_task, node_graph_task, priority_task, asyncio.ensure_future(agg.run())]
     await service_alloc.repair()  # kube's repair controllers run once before serving, then periodically
     background.append(asyncio.ensure_future(service_alloc.run_repair()))
     if crds.task is not None:
