@@ -336,3 +336,28 @@ async def test_retry_of_a_publish_that_landed_is_not_a_fence(cluster: NatsCluste
     with pytest.raises(JournalFenced):
         await j._publish(encode_batch(2, [b"c"]), "someone-else")
     await j.close()
+
+
+async def test_barrier_proves_writership_and_fences_a_stale_writer(cluster: NatsCluster, stream_name: str) -> None:
+    """barrier(): answered by a publish that started after the call (the queued records, or an
+    empty batch when none are queued), conditioned like every append; once another instance has
+    claimed, it raises JournalFenced instead of vouching for stale state."""
+    writer = journal(cluster, stream_name)
+    await writer.open_async()
+    await asyncio.gather(*(writer.append(f"r{i}".encode()) for i in range(10)))
+    before = writer.last_stream_seq
+    idle = await writer.barrier()  # nothing queued: an empty batch
+    assert idle > before and writer.last_stream_seq == idle
+    pending = writer.append(b"queued")
+    carried = await writer.barrier()  # the batch carrying the queued record answers it
+    assert pending.done() and carried == writer.last_stream_seq
+    many = await asyncio.gather(*(writer.barrier() for _ in range(20)))
+    assert len(set(many)) <= 2  # concurrent barriers share publishes
+    follower = journal(cluster, stream_name)
+    recovered = list((await follower.open_async()).records)
+    assert recovered == [f"r{i}".encode() for i in range(10)] + [b"queued"]  # empty batches add nothing
+    await follower.claim()
+    with pytest.raises(JournalFenced):
+        await writer.barrier()
+    await follower.close()
+    await writer.close()

@@ -1,6 +1,7 @@
 """Correctness tooling: a linearizability checker, a watch-guarantee checker, and recorders.
 
 ``linearizability``  Wing & Gong / Lowe style search over a recorded KV history (etcd model)
+``realtime``         revision order in real time: counts stale reads/writes in histories of any length
 ``watch``            ordering, uniqueness, atomicity, gap, prev_kv and cross-member checks
 ``history``          grpc.aio helpers that record histories and watch streams from an endpoint
 """
@@ -21,6 +22,7 @@ from ultraplane.checker.linearizability import (
     check_history,
     initial_state,
 )
+from ultraplane.checker.realtime import RealtimeResult, StaleOperation, check_realtime_order
 from ultraplane.checker.watch import WatchCheckResult, WatchEvent, WatchStream, check_watches
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "Get",
     "GetOutput",
     "KVState",
+    "RealtimeResult",
+    "StaleOperation",
     "Operation",
     "Put",
     "PutOutput",
@@ -40,6 +44,7 @@ __all__ = [
     "WatchEvent",
     "WatchStream",
     "check_history",
+    "check_realtime_order",
     "initial_state",
     "check_watches",
 ]

@@ -184,6 +184,64 @@ async def record_history(
     return RecordedHistory(ops, initial, keys, sum(1 for o in ops if o.complete is None))
 
 
+async def record_until(
+    endpoint: str,
+    stop: asyncio.Event,
+    *,
+    clients: int = 3,
+    max_ops_per_client: int = 1_000_000,
+    prefix: bytes = b"/lin/",
+    key_count: int = 3,
+    seed: int = 0,
+    timeout: float = 5.0,
+    first_client: int = 0,
+    initial: KVState,
+    active: Callable[[], bool] | None = None,
+    on_op: Callable[[Operation], None] | None = None,
+    think_time: float = 0.0,
+    shared_seen: dict[bytes, int] | None = None,
+) -> list[Operation]:
+    """Like record_history, for a load that runs until ``stop`` is set (fault-injection runs):
+    clients are numbered from ``first_client``; while ``active()`` is false (the endpoint's
+    server was killed and not yet restarted) they wait instead of recording a stream of failed
+    operations; ``on_op(op)`` sees every operation as it is recorded; each client waits
+    ``think_time`` seconds between operations (to bound a history's length). With
+    ``shared_seen`` every client compares its txns against the newest mod_revision any client
+    sharing that dict has seen (clients that learn of each other's writes, as controllers
+    sharing an informer do) rather than only its own: on a member serving from stale state such
+    a compare fails, and the txn answers as a read."""
+    keys = [prefix + f"k{i}".encode() for i in range(key_count)]
+    channels = [grpc.aio.insecure_channel(endpoint) for _ in range(clients)]
+    try:
+        cs = [_Client(first_client + i, rpc_pb2_grpc.KVStub(ch), random.Random(seed * 1000 + i), keys, timeout)
+              for i, ch in enumerate(channels)]
+        seen = shared_seen
+        if seen is not None and not seen:
+            seen.update({k: m for k, _, m in initial.items})
+        for c in cs:
+            c.seen_mod = seen if seen is not None else {k: m for k, _, m in initial.items}
+
+        async def run(c: _Client) -> list[Operation]:
+            out: list[Operation] = []
+            while not stop.is_set() and len(out) < max_ops_per_client:
+                if active is not None and not active():
+                    await asyncio.sleep(0.05)
+                    continue
+                op = await _one(c)
+                out.append(op)
+                if on_op is not None:
+                    on_op(op)
+                if think_time:
+                    await asyncio.sleep(think_time)
+            return out
+
+        per_client = await asyncio.gather(*(run(c) for c in cs))
+    finally:
+        for ch in channels:
+            await ch.close()
+    return [op for ops in per_client for op in ops]
+
+
 async def final_reads(endpoint: str, keys: list[bytes], client: int = -1) -> list[Operation]:
     """One get per key, recorded as completed ops (e.g. after a restart, to close a history)."""
     out: list[Operation] = []

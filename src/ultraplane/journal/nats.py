@@ -207,6 +207,8 @@ class NatsJournal:
         self._inflight_futures: list[asyncio.Future[None]] = []  # the batch being published
         self._cuts: dict[int, asyncio.Future[int]] = {}  # record no -> future of its message's seq
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._barrier_waiters: list[asyncio.Future[int]] = []  # barrier() calls not yet published
+        self._inflight_barriers: list[asyncio.Future[int]] = []  # ... waiting on the batch in flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -496,16 +498,20 @@ class NatsJournal:
             if self._js is None:
                 self._nc, self._js = await self._connect()
             while True:
-                while not self._pending_records:
+                while not self._pending_records and not self._barrier_waiters:
                     self._resolve_flushes()
                     if self._closing:
                         return
                     self._wake.clear()
                     await self._wake.wait()
+                # barrier() calls made before this publish starts are answered by it: with
+                # records pending it carries them, else it is an empty batch
+                self._inflight_barriers, self._barrier_waiters = self._barrier_waiters, []
                 first, records, futures = self._take_batch()
                 self._inflight_futures = futures
                 payload = encode_batch(first, records)
-                ack_seq = await self._publish(payload, f"{self.writer_id}-{first}")
+                msg_id = f"{self.writer_id}-{first}" if records else f"{self.writer_id}-b{self.stats.batches}"
+                ack_seq = await self._publish(payload, msg_id)
                 last_no = first + len(records) - 1
                 self._last_subject_seq = ack_seq
                 self._durable_no = last_no
@@ -521,6 +527,10 @@ class NatsJournal:
                 for future in futures:
                     if not future.done():
                         future.set_result(None)
+                barriers, self._inflight_barriers = self._inflight_barriers, []
+                for barrier in barriers:
+                    if not barrier.done():
+                        barrier.set_result(ack_seq)
                 self._resolve_flushes()
                 # Let the tasks just woken queue their next records before taking the next batch.
                 await asyncio.sleep(0)
@@ -598,8 +608,10 @@ class NatsJournal:
         error.__cause__ = exc
         waiters: list[asyncio.Future[Any]] = self._inflight_futures + self._pending_futures
         waiters += [f for _, f in self._flush_waiters] + list(self._cuts.values())
+        waiters += self._inflight_barriers + self._barrier_waiters
         self._pending_records, self._pending_futures, self._pending_bytes = [], [], 0
         self._inflight_futures, self._flush_waiters, self._cuts = [], [], {}
+        self._inflight_barriers, self._barrier_waiters = [], []
         for future in waiters:
             if not future.done():
                 future.set_exception(error)
@@ -719,6 +731,25 @@ class NatsJournal:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def barrier(self) -> int:
+        """For the writer: prove that nobody else has appended to our subject since our last
+        append, without trusting any clock. Returns the stream sequence of a publish that started
+        after this call and was conditioned, like every append, on the subject's last sequence as
+        this journal knows it: the batch of records queued meanwhile, or else an empty batch (as a
+        claim is). Once it returns, every message on the subject up to that sequence is ours or
+        was applied before we claimed. Raises JournalFenced if another writer appended.
+
+        Unlike asking the stream for its last sequence, this holds across a stream leader change:
+        the condition is checked when the message is applied, in log order, whereas a newly
+        elected leader may answer a query before it has applied everything committed before."""
+        self._check_usable()
+        self._ensure_writer()
+        assert self._loop is not None and self._wake is not None
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._barrier_waiters.append(future)
+        self._wake.set()
+        return await future
+
     async def remote_last_seq(self) -> int:
         """The stream sequence of the newest message on our subject, asked of the stream
         leader (the read index of a linearizable read on a replica)."""
@@ -819,6 +850,11 @@ class NatsJournal:
     @property
     def durable_seq(self) -> int:
         return self._durable_no
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this journal accepts no further writes (JournalFenced: another writer appended)."""
+        return self._failure
 
     @property
     def last_stream_seq(self) -> int:

@@ -30,13 +30,21 @@ journal had reached, or with a gRPC status. The follower answers its client only
 applied that sequence, so a client reads its own writes on the same member. NATS is trusted
 infrastructure here: any NATS client allowed on that subject can act as any user.
 
-Reads: serializable reads answer from local state. A linearizable read on a follower asks the
-stream leader for the subject's last sequence (one query for every read that arrived while the
-previous query was in flight, like etcd's ReadIndex batching) and waits until it has applied it.
-The writer answers from its committed state while its lease renewal is fresh; a writer whose
-last renewal is older than the TTL (it was paused) first waits to learn whether it still holds
-the lease. A writer paused *while* serving a read can still answer from state that is up to one
-lease TTL stale: the one window this design leaves, as etcd's leader leases do.
+Reads (etcd's ReadIndex): serializable reads answer from local state. A linearizable Range,
+read-only Txn or LeaseLeases first passes read_barrier, after the request arrived. On a follower:
+ask the writer for its read index (one round trip through NATS for every read that arrived while
+the previous one was in flight) -- the stream sequence every write it has issued is durable at
+-- and wait until that is applied here. Not the stream's last sequence: a newly elected stream
+leader may answer before it has applied everything committed under its predecessor. On the
+writer: wait until every revision it had issued is committed locally (a follower may already
+serve a write whose acknowledgement the writer has not processed yet).
+
+Fencing: the writer executes nothing (reads, writes, failed compares, lease grants, keep-alives)
+unless its lease renewal is fresh -- renewed less than a TTL ago, counted from before the renewal
+was sent and checked after the request arrived, so a pause shows -- or, when it is not (paused,
+KV unreachable), a journal barrier (an append conditioned on our position, empty if nothing is
+queued) lands, proving that no other writer has claimed. A writer paused past its lease is
+fenced by that barrier and hands the request to the new writer.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ from ultraplane.etcd.proto import rpc_pb2
 from ultraplane.etcd.rpc import CallContext, Method, RpcError
 from ultraplane.etcd.service import EtcdService
 from ultraplane.journal.file import JournalCorrupt, JournalError
-from ultraplane.journal.nats import NatsJournal
+from ultraplane.journal.nats import JournalFenced, NatsJournal
 from ultraplane.store import errors
 from ultraplane.store.mvcc import Store
 
@@ -87,6 +95,9 @@ CODE = struct.Struct("<I")
 LEN = struct.Struct("<H")
 
 KEEPALIVE_PATH = "/etcdserverpb.Lease/LeaseKeepAlive"
+# A follower's linearizable read asks the writer for this: the stream sequence every write it has
+# acknowledged is at or below (ultraplane's own, never a gRPC method).
+READ_INDEX_PATH = "/ultraplane.replica/ReadIndex"
 # Unary methods that change state (or, like LeaseTimeToLive, need the writer's lease clock).
 FORWARDED = frozenset({
     "/etcdserverpb.KV/Put", "/etcdserverpb.KV/DeleteRange", "/etcdserverpb.KV/Compact",
@@ -100,6 +111,11 @@ FORWARDED = frozenset({
 })
 # Reads that must reflect every write acknowledged before they started.
 LINEARIZABLE_READS = frozenset({"/etcdserverpb.KV/Range", "/etcdserverpb.Lease/LeaseLeases"})
+
+
+class _NotWriter(Exception):  # noqa: N818 - a signal, not an error a client sees
+    """This member stopped being the writer before it executed the request: nothing was
+    executed, so the request may go to the new writer."""
 
 
 class Role(enum.Enum):
@@ -438,8 +454,9 @@ class ReplicaMember:
 
     async def _renew(self) -> None:
         assert self.store is not None
-        if self.store.failed is not None:
-            await self._demote(f"journal failed: {self.store.failed!r}")
+        failed = self.store.failed or (self.journal.failure if self.journal is not None else None)
+        if failed is not None:
+            await self._demote(f"journal failed: {failed!r}")
             return
         started = time.monotonic()
         try:
@@ -451,7 +468,7 @@ class ReplicaMember:
             return
         except Exception as exc:  # noqa: BLE001 - KV unreachable (e.g. its stream electing a leader)
             # Keep writing: the journal fences us if someone else takes over. Until a renewal
-            # succeeds, linearizable reads here check the stream first (see read_barrier).
+            # succeeds, every request here first proves the state current (_writer_current).
             log.debug("replica: lease renewal failed: %r", exc)
             return
         if self._unverified:
@@ -478,14 +495,13 @@ class ReplicaMember:
         served locally again) only if nobody appended after our last append meanwhile."""
         assert self.journal is not None
         try:
-            remote = await self.journal.remote_last_seq()
-            # the stream may already hold our own publishes whose acks are still on the way
-            await asyncio.wait_for(self.journal.flush(), self.config.lease_ttl)
+            # a conditioned (empty) append: it lands only if nobody appended after us
+            await asyncio.wait_for(self.journal.barrier(), self.config.lease_ttl)
+        except JournalFenced:
+            await self._demote("the journal moved on while our lease had lapsed")
+            return
         except Exception as exc:  # noqa: BLE001 - try again at the next renewal
             log.debug("replica: journal check failed: %r", exc)
-            return
-        if remote > self.journal.last_stream_seq:
-            await self._demote("the journal moved on while our lease had lapsed")
             return
         self._unverified = False
         self._renewed_at = started
@@ -567,7 +583,34 @@ class ReplicaMember:
         self._start_tail()
 
     def _writer_fresh(self) -> bool:
+        """The writer lease provably still ours: renewed less than a TTL ago, counted from
+        before the renewal was sent (the KV expires the key a TTL after it stored it, later
+        still). Checked after a request arrived, so a pause before it shows here."""
         return self.role is Role.WRITER and time.monotonic() - self._renewed_at < self.config.lease_ttl
+
+    async def _writer_current(self) -> None:
+        """Before the writer executes a request (its own client's or a forwarded one, a read, a
+        write, a lease grant or keep-alive): return once its state provably holds every write
+        acknowledged before the request arrived and no other writer has claimed the journal;
+        raise _NotWriter (nothing executed) once it is no longer the writer.
+
+        With a fresh lease that holds at once. Otherwise (it was paused, or the KV is
+        unreachable) it publishes a journal barrier, which lands only if nobody appended after
+        us. That covers keep-alives too: a writer that claims after the barrier refreshes every
+        lease to its full TTL from its claim, later than this keep-alive."""
+        if self._writer_fresh():
+            return
+        journal = self.journal
+        if journal is None or self.role is not Role.WRITER:
+            raise _NotWriter
+        try:
+            await asyncio.wait_for(journal.barrier(), self.config.forward_wait)
+        except TimeoutError:
+            raise unavailable(ERR_TIMEOUT) from None
+        except JournalError:
+            raise _NotWriter from None  # fenced: the next election step demotes us
+        if self.role is not Role.WRITER or journal is not self.journal:
+            raise _NotWriter
 
     # --------------------------------------------------------------------------- membership
 
@@ -582,23 +625,58 @@ class ReplicaMember:
             await asyncio.sleep(self.config.renew_interval)
 
     async def members(self) -> list[WriterInfo]:
+        """The members of this partition, from the membership bucket (each member renews its
+        own key every renew interval, with the lease TTL).
+
+        Never a wrong list: a listing is trusted only if it holds this member's own key. If it
+        does not, the bucket lost keys (purged, or a KV outage longer than the TTL): this
+        member puts its key back and trusts a listing only a renew interval later, once every
+        live member has put its own back. A listing that fails or stays untrusted is retried
+        for a couple of renew intervals; then the last good listing answers; with none, the
+        request fails (retryable) rather than answer with this member alone."""
+        cfg = self.config
+        deadline = time.monotonic() + 2 * cfg.renew_interval + 1.0
+        settle_until = 0.0
+        while True:
+            listing = await self._list_members()
+            now = time.monotonic()
+            if listing is not None and any(m.member_id == cfg.member_id for m in listing):
+                if now >= settle_until:
+                    self._members_cache = listing
+                    return listing
+            elif listing is not None:
+                settle_until = now + cfg.renew_interval * 1.2
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._members_kv.put(self.member_key, self.identity), 2)
+            if now > deadline:
+                break
+            await asyncio.sleep(0.1)
+        if self._members_cache:
+            return self._members_cache
+        raise unavailable(ERR_TIMEOUT)
+
+    async def _list_members(self) -> list[WriterInfo] | None:
+        """One listing of the bucket, sorted by name; None if it failed."""
         prefix = f"{self.config.partition}."
         try:
             keys = await asyncio.wait_for(self._members_kv.keys(), 5)
-            found = []
+        except NoKeysError:
+            return []
+        except Exception as exc:  # noqa: BLE001 - KV unreachable or electing: retried
+            log.debug("replica: member listing failed: %r", exc)
+            return None
+        found = []
+        try:
             for key in keys:
                 if not key.startswith(prefix):
                     continue
-                with contextlib.suppress(NotFoundError):
-                    info = json.loads((await self._members_kv.get(key)).value)
+                with contextlib.suppress(NotFoundError):  # expired since the listing: left
+                    info = json.loads((await asyncio.wait_for(self._members_kv.get(key), 5)).value)
                     found.append(WriterInfo(int(info["id"]), info["name"], list(info["client_urls"])))
-            self._members_cache = sorted(found, key=lambda m: m.name)
-        except NoKeysError:
-            self._members_cache = []
-        except Exception as exc:  # noqa: BLE001 - answer from what we knew
-            log.debug("replica: member listing failed: %r", exc)
-        return self._members_cache or [WriterInfo(self.config.member_id, self.config.member_name,
-                                                  self.config.client_urls)]
+        except Exception as exc:  # noqa: BLE001
+            log.debug("replica: member lookup failed: %r", exc)
+            return None
+        return sorted(found, key=lambda m: m.name)
 
     # ----------------------------------------------------------------------- request routing
 
@@ -648,6 +726,10 @@ class ReplicaMember:
             yield await self._write(KEEPALIVE_PATH, method, req, ctx)
 
     async def _run_local(self, path: str, method: Method, req: Any, ctx: CallContext) -> Any:
+        """Execute on this member as the writer; raises _NotWriter if it is not (any longer)."""
+        if self.role is not Role.WRITER:
+            raise _NotWriter
+        await self._writer_current()
         store = self.store
         try:
             if path == KEEPALIVE_PATH:
@@ -667,24 +749,28 @@ class ReplicaMember:
 
     async def _write(self, path: str, method: Method, req: Any, ctx: CallContext) -> Any:
         if self.role is Role.WRITER:
-            return await self._run_local(path, method, req, ctx)
+            with contextlib.suppress(_NotWriter):
+                return await self._run_local(path, method, req, ctx)
         assert self.service is not None and self._nc is not None
         user = self.service._user(ctx) or ""
         path_b, user_b = path.encode(), user.encode()
         payload = LEN.pack(len(path_b)) + path_b + LEN.pack(len(user_b)) + user_b + req.SerializeToString()
         deadline = time.monotonic() + self.config.forward_wait
         while True:
+            reply = None
             if self.role is Role.WRITER:
-                return await self._run_local(path, method, req, ctx)
-            try:
-                reply = await self._request_unless_writer_changes(payload)
-            except nats.errors.NoRespondersError:
-                reply = None
-            except (nats.errors.TimeoutError, TimeoutError):
-                raise unavailable(ERR_TIMEOUT) from None
-            except nats.errors.Error as exc:
-                log.debug("replica: forwarding failed: %r", exc)
-                reply = None
+                with contextlib.suppress(_NotWriter):
+                    return await self._run_local(path, method, req, ctx)
+                # fenced, demotion under way: forward once it is done
+            else:
+                try:
+                    reply = await self._request_unless_writer_changes(payload)
+                except nats.errors.NoRespondersError:
+                    pass
+                except (nats.errors.TimeoutError, TimeoutError):
+                    raise unavailable(ERR_TIMEOUT) from None
+                except nats.errors.Error as exc:
+                    log.debug("replica: forwarding failed: %r", exc)
             if reply is not None and reply.data and reply.data[0] != REPLY_NOT_WRITER:
                 data = reply.data
                 if data[0] == REPLY_OK:
@@ -741,6 +827,9 @@ class ReplicaMember:
             (u,) = LEN.unpack_from(data, 2 + n)
             user = data[4 + n : 4 + n + u].decode()
             body = data[4 + n + u :]
+            if path == READ_INDEX_PATH:
+                await self._serve_read_index(msg)
+                return
             method = self._local[path]
             if path not in FORWARDED and path not in (KEEPALIVE_PATH, "/etcdserverpb.KV/Txn"):
                 raise RpcError(errors.INVALID_ARGUMENT, f"ultraplane: {path} is not forwarded")
@@ -760,6 +849,8 @@ class ReplicaMember:
             out = reply if isinstance(reply, bytes) else reply.SerializeToString()
             seq = self.applied_seq
             await self._respond(msg, bytes([REPLY_OK]) + SEQ.pack(seq) + out)
+        except _NotWriter:
+            await self._respond(msg, bytes([REPLY_NOT_WRITER]))
         except RpcError as exc:
             await self._respond(msg, bytes([REPLY_ERROR]) + CODE.pack(exc.code) + exc.message.encode())
         except Exception as exc:  # noqa: BLE001 - the sender must hear something
@@ -774,28 +865,74 @@ class ReplicaMember:
     # ------------------------------------------------------------------------ linearizable reads
 
     async def read_barrier(self) -> None:
-        """Return once local state holds every write acknowledged before the call."""
-        if self._writer_fresh():
-            return
+        """Return once local state holds every write acknowledged before the call (etcd's
+        ReadIndex). On the writer: every revision it had issued when the call came is committed
+        here (a follower may already serve a write whose acknowledgement from the stream the
+        writer has not processed yet), and _writer_current. On a follower: ask the writer for
+        its read index (learned after the call) and wait until it is applied here."""
         deadline = time.monotonic() + self.config.forward_wait
-        while self.role is Role.CHANGING:
+        while True:
+            role = self.role
+            if role is Role.WRITER:
+                store = self.store
+                assert store is not None
+                issued = store.latest_revision
+                try:
+                    await self._writer_current()
+                except _NotWriter:
+                    pass
+                else:
+                    await self._wait_committed(store, issued)
+                    if store is self.store and self.role is Role.WRITER:
+                        return
+            elif role is Role.FOLLOWER:
+                seq = await self._read_index()
+                await self.wait_applied(seq)
+                if self.role is Role.FOLLOWER:
+                    return
+                continue  # promoted meanwhile: take the writer's path
             if time.monotonic() > deadline:
                 raise unavailable(ERR_LEADER_CHANGED)
-            await asyncio.sleep(0.05)
-        if self.role is Role.FOLLOWER:
-            seq = await self._read_index()
-            await self.wait_applied(seq)
+            await asyncio.sleep(0.02)
+
+    async def _serve_read_index(self, msg: Any) -> None:
+        """The writer's half of a follower's read barrier."""
+        try:
+            await self._run_read_index()
+        except _NotWriter:
+            await self._respond(msg, bytes([REPLY_NOT_WRITER]))
             return
-        # A writer whose lease renewal is overdue (paused, or the KV unreachable): its state is
-        # current only if the stream holds nothing beyond what it appended itself.
+        except RpcError as exc:
+            await self._respond(msg, bytes([REPLY_ERROR]) + CODE.pack(exc.code) + exc.message.encode())
+            return
+        await self._respond(msg, bytes([REPLY_OK]) + SEQ.pack(self.applied_seq))
+
+    async def _run_read_index(self) -> None:
+        """Every write issued before the call is durable, so ``applied_seq`` covers it: a
+        write whose acknowledgement is still on its way may already be served elsewhere."""
+        if self.role is not Role.WRITER:
+            raise _NotWriter
         journal = self.journal
-        seq = await self._read_index()
-        while journal is self.journal and journal is not None and journal.last_stream_seq < seq:
-            if time.monotonic() > deadline or self.role is not Role.WRITER:
-                raise unavailable(ERR_LEADER_CHANGED)
-            await asyncio.sleep(0.01)  # our own publish may not have been acknowledged yet
-        if self.role is not Role.WRITER or journal is not self.journal:
-            raise unavailable(ERR_LEADER_CHANGED)
+        assert journal is not None
+        await self._writer_current()
+        if journal.durable_seq >= journal.last_seq:
+            return  # nothing in flight (the common case: no task for wait_for)
+        try:
+            await asyncio.wait_for(journal.flush(), self.config.forward_wait)
+        except TimeoutError:
+            raise unavailable(ERR_TIMEOUT) from None
+        except JournalError:
+            raise _NotWriter from None
+        if journal is not self.journal or self.role is not Role.WRITER:
+            raise _NotWriter
+
+    async def _wait_committed(self, store: Store, revision: int) -> None:
+        if revision <= store.revision:
+            return  # nothing in flight: answer inline, as before
+        try:
+            await asyncio.wait_for(store.wait_for_revision(revision), self.config.forward_wait)
+        except TimeoutError:
+            raise unavailable(ERR_TIMEOUT) from None
 
     async def _read_index(self) -> int:
         # One future per read: the h2 transport steps handlers inline, and two inline steps
@@ -808,24 +945,15 @@ class ReplicaMember:
         return await fut
 
     async def _read_index_loop(self) -> None:
-        # Every read waiting when a query starts shares it; reads arriving meanwhile wait for
-        # the next query (the answer must come from after they started).
+        # Every read waiting when a query is sent shares it; reads arriving meanwhile wait for
+        # the next query (the answer must come from after they arrived).
         while self._read_index_waiters:
             waiters, self._read_index_waiters = self._read_index_waiters, []
-            deadline = time.monotonic() + self.config.forward_wait
             outcome: int | BaseException
-            while True:
-                try:
-                    assert self.journal is not None
-                    outcome = await self.journal.remote_last_seq()
-                except Exception as exc:  # noqa: BLE001 - stream leader election: retry a while
-                    if time.monotonic() > deadline:
-                        outcome = unavailable(ERR_TIMEOUT)
-                        break
-                    log.debug("replica: read index failed: %r", exc)
-                    await asyncio.sleep(0.1)
-                    continue
-                break
+            try:
+                outcome = await self._ask_read_index()
+            except RpcError as exc:
+                outcome = exc
             for fut in waiters:
                 if fut.done():
                     continue
@@ -833,6 +961,35 @@ class ReplicaMember:
                     fut.set_exception(outcome)
                 else:
                     fut.set_result(outcome)
+
+    async def _ask_read_index(self) -> int:
+        """A round trip through the writer. Not a query to the stream: a newly elected stream
+        leader may answer it before applying everything committed under the previous one, and
+        an old writer may still be acknowledging from state it believes current."""
+        path = READ_INDEX_PATH.encode()
+        payload = LEN.pack(len(path)) + path + LEN.pack(0)
+        deadline = time.monotonic() + self.config.forward_wait
+        while True:
+            if self.role is Role.WRITER:
+                return 0  # promoted meanwhile: read_barrier takes the writer's path
+            else:
+                try:
+                    reply = await self._request_unless_writer_changes(payload)
+                except (nats.errors.NoRespondersError, RpcError):
+                    reply = None
+                except (nats.errors.TimeoutError, TimeoutError):
+                    raise unavailable(ERR_TIMEOUT) from None
+                except nats.errors.Error as exc:
+                    log.debug("replica: read index request failed: %r", exc)
+                    reply = None
+                if reply is not None and reply.data and reply.data[0] == REPLY_OK:
+                    return int(SEQ.unpack_from(reply.data, 1)[0])
+                if reply is not None and reply.data and reply.data[0] == REPLY_ERROR:
+                    (code,) = CODE.unpack_from(reply.data, 1)
+                    raise RpcError(code, bytes(reply.data[1 + CODE.size :]).decode())
+            if time.monotonic() > deadline:
+                raise unavailable(ERR_NO_LEADER if self.writer is None else ERR_LEADER_CHANGED)
+            await asyncio.sleep(0.02)
 
 
 __all__ = ["ReplicaConfig", "ReplicaMember", "ReplicaService", "Role", "cluster_id_for"]
