@@ -835,6 +835,15 @@ class Registry:
         if applied is not None:
             fieldmanager.record_apply_create(obj, applied, schema, wo.manager(), s.api_version,
                                              self.reset_fields(s, obj, obj, ""))
+        elif s.plural in self.admission:
+            # our strategies' defaults also fill what kube's admission plugins set (a pod's priority, its
+            # service account): default a copy for the creator's fields, so admission still sees what the
+            # client sent (Priority refuses a priority the client gave, not one defaulting gave)
+            defaulted = orjson.loads(orjson.dumps(obj))
+            s.defaults(defaulted)
+            fieldmanager.record_update(defaulted, None, schema, wo.manager(), s.api_version, "",
+                                       self.reset_fields(s, defaulted, defaulted, ""))
+            meta["managedFields"] = defaulted["metadata"].get("managedFields")
         else:
             s.defaults(obj)
             fieldmanager.record_update(obj, None, schema, wo.manager(), s.api_version, "",
