@@ -10,14 +10,19 @@ Two figures, reported separately:
   the API, then `ultraplane scheduler` started; measured from its start (informer list + sync
   included) and from its first binding until every pod has spec.nodeName, watched through the API.
 
-    .venv/bin/python bench/scheduler_bench.py [--nodes 5000,100000] [--pods 30000]
-                                              [--e2e-nodes 5000] [--e2e-pods 5000]
+    .venv/bin/python bench/scheduler_bench.py [--nodes 5000,100000] [--pods 30000] [--bare-pods]
+                                              [--src OTHER/src] [--e2e-nodes 5000] [--e2e-pods 5000]
+
+The core run's pods belong to ReplicaSets (ownerReferences), as a Deployment's do, so PodTopologySpread's
+system default constraints apply; --bare-pods leaves the owners out. "max per node" and "zone skew" show
+how far one deployment's replicas bunch up on a node and across the three zones.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import shutil
 import subprocess
@@ -32,13 +37,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+# --src DIR measures another copy of the package (e.g. the scheduler before a change) with the same workload.
+SRC = next((a.split("=", 1)[1] if "=" in a else sys.argv[i + 2] for i, a in enumerate(sys.argv[1:])
+            if a.startswith("--src")), "") or str(REPO / "src")
+sys.path.insert(0, SRC)
 
 from ultraplane.scheduler.cache import ClusterCache  # noqa: E402
 from ultraplane.scheduler.core import Algorithm, FitError  # noqa: E402
 from ultraplane.scheduler.model import pod_info  # noqa: E402
 
-console = Console()
+console = Console(width=150)
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 # (instance type, cpu, memory, gpus, share of the fleet)
 NODE_TYPES = (("m5.24xlarge", "96", "384Gi", 0, 0.6), ("c5.18xlarge", "72", "144Gi", 0, 0.2),
@@ -67,7 +75,14 @@ def node_object(i: int, rng: random.Random) -> dict[str, Any]:
             "status": {"capacity": alloc, "allocatable": alloc}}
 
 
-def pod_object(i: int, rng: random.Random, deployments: int = 700) -> dict[str, Any]:
+def replicaset_object(dep: int) -> dict[str, Any]:
+    labels = {"app": f"dep-{dep}", "pod-template-hash": f"h{dep:04d}"}
+    return {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": f"dep-{dep}-h{dep:04d}", "namespace": "bench", "uid": f"rs-{dep}", "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}}}
+
+
+def pod_object(i: int, rng: random.Random, deployments: int = 700, owned: bool = False) -> dict[str, Any]:
     dep = i % deployments
     shape = dep % 10
     spec: dict[str, Any] = {}
@@ -84,26 +99,35 @@ def pod_object(i: int, rng: random.Random, deployments: int = 700) -> dict[str, 
         if dep % 70 == 9:  # 1 in 70 deployments: one replica per node
             spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": {"app": f"dep-{dep}"}}, "topologyKey": "kubernetes.io/hostname"}]}}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"dep-{dep}-{i:07d}", "namespace": "bench", "labels": {"app": f"dep-{dep}"}},
+    meta: dict[str, Any] = {"name": f"dep-{dep}-{i:07d}", "namespace": "bench", "labels": {"app": f"dep-{dep}"}}
+    if owned:  # a Deployment's pod: owned by its ReplicaSet, so default spreading applies
+        rs = replicaset_object(dep)
+        meta["labels"] = dict(rs["metadata"]["labels"])
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
+                                    "uid": rs["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
             "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
                                      "resources": {"requests": requests, "limits": requests}}], **spec}}
 
 
-def core_run(nodes: int, pods: int) -> dict[str, Any]:
+def core_run(nodes: int, pods: int, owned: bool, deployments: int = 700) -> dict[str, Any]:
     rng = random.Random(nodes)
     cache = ClusterCache()
     start = time.perf_counter()
     for i in range(nodes):
         cache.upsert_node(node_object(i, rng))
+    if owned and hasattr(cache, "upsert_workload"):  # a scheduler without default spreading ignores owners
+        for dep in range(deployments):
+            cache.upsert_workload("ReplicaSet", replicaset_object(dep))
     feed_s = time.perf_counter() - start
     algo = Algorithm(cache, seed=1)
-    infos = [pod_info(pod_object(i, rng)) for i in range(pods)]
+    infos = [pod_info(pod_object(i, rng, deployments, owned=owned)) for i in range(pods)]
     failed = 0
     with Progress(TextColumn(f"core {nodes:,} nodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("pods", total=pods)
         start = time.perf_counter()
+        cpu_start = time.process_time()  # on a shared machine, CPU seconds are steadier than wall seconds
         for n, info in enumerate(infos, 1):
             try:
                 cache.assume(info, algo.schedule(info))
@@ -112,10 +136,23 @@ def core_run(nodes: int, pods: int) -> dict[str, Any]:
             if n % 1000 == 0:
                 progress.update(task, completed=n)
         elapsed = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu_start
         progress.update(task, completed=pods)
+    # Placement quality: the most replicas of one deployment on one node, and per-zone imbalance.
+    per_node: dict[tuple[str, str], int] = {}
+    per_zone: dict[str, dict[str, int]] = {}
+    for pod in cache.pods.values():
+        app = pod.labels["app"]
+        per_node[(app, pod.node_name)] = per_node.get((app, pod.node_name), 0) + 1
+        if not pod.spec.get("nodeSelector"):  # zone-pinned deployments cannot spread over zones
+            zone = cache.nodes[pod.node_name].labels["topology.kubernetes.io/zone"]
+            per_zone.setdefault(app, dict.fromkeys(ZONES, 0))[zone] += 1
+    zone_skew = max((max(z.values()) - min(z.values()) for z in per_zone.values()), default=0)
     return {"nodes": nodes, "pods": pods, "failed": failed, "seconds": elapsed, "rate": pods / elapsed,
             "feed_s": feed_s, "generic": algo.stats["generic"], "classes": len(algo.classes),
-            "evaluated": algo.stats["evaluated"] + algo.stats["rescored"]}
+            "evaluated": algo.stats["evaluated"] + algo.stats["rescored"], "owned": owned,
+            "cpu_s": cpu_s, "rate_cpu": pods / cpu_s,
+            "max_per_node": max(per_node.values(), default=0), "zone_skew": zone_skew}
 
 
 # ---------------------------------------------------------------------- end to end
@@ -225,17 +262,27 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=30000, help="pods per core run")
     parser.add_argument("--e2e-nodes", default="", help="comma-separated node counts for end-to-end runs")
     parser.add_argument("--e2e-pods", type=int, default=5000)
+    parser.add_argument("--bare-pods", action="store_true",
+                        help="core run: pods without an owning ReplicaSet (no default topology spreading)")
+    parser.add_argument("--deployments", type=int, default=700,
+                        help="core run: deployments the pods belong to (fewer: more replicas per deployment)")
+    parser.add_argument("--src", default="", help="import ultraplane from this directory (e.g. an older copy)")
+    parser.add_argument("--json", default="", help="also write the core results to this file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    core = [core_run(int(n), args.pods) for n in args.nodes.split(",") if n]
-    table = Table(title="scheduler core (cache fed directly, one process)")
-    for col in ("nodes", "pods", "unschedulable", "pods/s", "generic path", "classes", "node evaluations"):
+    core = [core_run(int(n), args.pods, not args.bare_pods, args.deployments) for n in args.nodes.split(",") if n]
+    table = Table(title=f"scheduler core (cache fed directly, one process; {SRC})")
+    for col in ("nodes", "pods", "owned by RS", "unschedulable", "pods/s", "pods per CPU-s", "generic path",
+                "classes", "node evaluations", "max per node", "zone skew"):
         table.add_column(col, justify="right")
     for r in core:
-        table.add_row(f"{r['nodes']:,}", f"{r['pods']:,}", f"{r['failed']:,}", f"{r['rate']:,.0f}",
-                      f"{r['generic']:,}", f"{r['classes']:,}", f"{r['evaluated']:,}")
+        table.add_row(f"{r['nodes']:,}", f"{r['pods']:,}", "yes" if r["owned"] else "no", f"{r['failed']:,}",
+                      f"{r['rate']:,.0f}", f"{r['rate_cpu']:,.0f}", f"{r['generic']:,}", f"{r['classes']:,}",
+                      f"{r['evaluated']:,}", f"{r['max_per_node']}", f"{r['zone_skew']}")
     if core:
         console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(core, indent=1))
     e2e = []
     for n in filter(None, args.e2e_nodes.split(",")):
         work = Path(tempfile.mkdtemp(prefix="ultraplane-schedbench-"))

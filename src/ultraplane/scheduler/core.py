@@ -7,24 +7,34 @@ node changed since it was scored is re-evaluated lazily when it reaches the top;
 become better (added, freed) reach the class through the cache's ``freed`` log. Each decision admits a
 few unseen nodes into the class, and an empty heap scans on, so every node is eventually considered
 without re-filtering the whole cluster per pod.
+
+PodTopologySpread's system defaults also score a Deployment's (or StatefulSet's, ...) replicas by how
+many pods of their own workload a node and its zone hold. The class therefore keeps one heap per group
+of nodes (zone, has a hostname label), and a decision takes from each group the best node for every
+count of the workload's pods present there; those candidates get the spreading score and the best
+wins, ties drawn at random as kube's selectHost does.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 import orjson
 
-from ultraplane.scheduler import plugins
+from ultraplane.scheduler import plugins, spreading
 from ultraplane.scheduler.cache import ClusterCache
-from ultraplane.scheduler.model import NodeInfo, PodInfo
+from ultraplane.scheduler.model import HOSTNAME_LABEL, ZONE_LABEL, NodeInfo, PodInfo
 
 MIN_FEASIBLE_NODES_TO_FIND = 100
 NODES_ADMITTED_PER_DECISION = 4
 MAX_EXCLUDED_SKIPS = 256  # beyond this many ruled-out top nodes, the generic path is cheaper
+# Beyond this many nodes walked past in one group, the counts still missing there (typically the last
+# few nodes without the workload's pods) are looked up among the class's feasible nodes directly.
+GROUP_WALK_BUDGET = 32
 MAX_CLASSES = 4096
 
 
@@ -79,18 +89,40 @@ def class_key(pod: PodInfo) -> bytes:
                          spec.get("nodeName"), spec.get("preemptionPolicy")], option=orjson.OPT_SORT_KEYS)
 
 
+Group = tuple[str | None, bool]  # (zone label value, has a hostname label): how default spreading sees a node
+Entry = tuple[int, int, str, int]  # (-node-local score, random tie-break, node, node version)
+
+
+def node_group(node: NodeInfo) -> Group:
+    return node.labels.get(ZONE_LABEL), HOSTNAME_LABEL in node.labels
+
+
 @dataclass
 class EquivalenceClass:
     pod: PodInfo  # a representative: all members share what filters and node-local scores read
-    heap: list[tuple[int, int, str, int]] = field(default_factory=list)  # (-score, tie, node, version)
+    # Feasible nodes ranked by node-local score, one heap per group: PodTopologySpread's system defaults
+    # score all nodes of a group alike except those holding pods of the pod's own workload, so a group's
+    # best node for spreading is its heap's first such untouched node.
+    heaps: dict[Group, list[Entry]] = field(default_factory=dict)
+    # nodes last seen feasible, with their group and version then (spreading's weights and min / max)
+    feasible: dict[str, tuple[Group, int]] = field(default_factory=dict)
+    group_sizes: dict[Group, int] = field(default_factory=lambda: defaultdict(int))
     cursor: int = 0  # next position in cache.node_order to admit
     scanned: int = 0
     freed_pos: int = 0
     affinity_max: int = 0
     taint_max: int = 0
+    rebuilds: int = 0  # bumped when normalization changed and every held node was rescored
     # The last diagnosis when no node fitted, valid until a node becomes freer or the node count changes.
     failure: FitError | None = None
     failure_at: tuple[int, int] = (-1, -1)
+
+
+@dataclass
+class Candidate:
+    node: NodeInfo
+    local: int  # node-local weighted score
+    on_node: int  # pods of the incoming pod's workload already on the node (what spreading counts)
 
 
 class Algorithm:
@@ -131,7 +163,9 @@ class Algorithm:
     def _schedule(self, pod: PodInfo) -> str:
         spec = pod.spec
         if (pod.affinity or pod.preferred_affinity or pod.preferred_anti_affinity
-                or spec.get("topologySpreadConstraints")):
+                or spec.get("topologySpreadConstraints")
+                or (self.cache.affinity_scoring_pods and plugins.existing_affinity_scores(pod, self.cache))):
+            # Scores that depend on other pods' placement (beyond its own workload's spreading).
             self.stats["generic"] += 1
             return self._schedule_generic(pod)
         self.stats["class"] += 1
@@ -156,20 +190,29 @@ class Algorithm:
         return eq
 
     def _push(self, eq: EquivalenceClass, node: NodeInfo) -> None:
+        was = eq.feasible.pop(node.name, None)
+        if was is not None:
+            eq.group_sizes[was[0]] -= 1
         if plugins.run_node_filters(eq.pod, node) is not None:
             return
+        group = node_group(node)
+        eq.feasible[node.name] = group, node.version
+        eq.group_sizes[group] += 1
         affinity = plugins.raw_preferred_node_affinity(eq.pod, node)
         taints = plugins.raw_intolerable_prefer_no_schedule(eq.pod, node)
         if affinity > eq.affinity_max or taints > eq.taint_max:
             # Normalization is relative to the best node seen: rescore what the class holds.
             eq.affinity_max, eq.taint_max = max(affinity, eq.affinity_max), max(taints, eq.taint_max)
-            entries, eq.heap = eq.heap, []
-            for _, _, name, _ in entries:
-                held = self.cache.nodes.get(name)
-                if held is not None and held is not node:
-                    self._push(eq, held)
-        score = plugins.node_local_score(eq.pod, node, eq.affinity_max, eq.taint_max)
-        heapq.heappush(eq.heap, (-score, self.random.getrandbits(30), node.name, node.version))
+            eq.rebuilds += 1
+            held = {name for heap in eq.heaps.values() for _, _, name, _ in heap}
+            eq.heaps = {}
+            for name in held:
+                other = self.cache.nodes.get(name)
+                if other is not None and other is not node:
+                    self._push(eq, other)
+        score = plugins.node_local_score(eq.pod, node, eq.affinity_max, eq.taint_max, self.cache)
+        heapq.heappush(eq.heaps.setdefault(group, []),
+                       (-score, self.random.getrandbits(30), node.name, node.version))
 
     def _admit(self, eq: EquivalenceClass, count: int, until_feasible: bool = False) -> None:
         order, nodes = self.cache.node_order, self.cache.nodes
@@ -181,11 +224,101 @@ class Algorithm:
             node = nodes.get(name)
             if node is None:
                 continue
-            before = len(eq.heap)
+            before = len(eq.feasible)
             self._push(eq, node)
-            if not until_feasible or len(eq.heap) > before:
+            if not until_feasible or len(eq.feasible) > before:
                 found += 1
             self.stats["evaluated"] += 1
+
+    def _walk(self, eq: EquivalenceClass, pod: PodInfo, exclusions: plugins.PodState | None,
+              on_nodes: dict[str, int], present: dict[Group, set[int]] | None,
+              skipped: list[tuple[Group, Entry]]) -> list[Candidate] | None:
+        """Per group, walking its heap from the top, each node with fewer of the workload's pods than every
+        node before it: a later node with as many or more scores no better locally and no better for
+        spreading. The walk ends at the fewest count present in the group (``present``; without
+        spreading, at the first node). Ruled-out nodes are set aside in ``skipped``.
+        None when too many nodes had to be set aside."""
+        cache = self.cache
+        candidates: list[Candidate] = []
+        missing: dict[Group, set[int]] = {}
+        for group in list(eq.heaps):
+            counts = present.get(group) if present is not None else None
+            fewest = min(counts) if counts else 0
+            least_seen: int | None = None
+            walked = 0
+            while len(skipped) < MAX_EXCLUDED_SKIPS:
+                heap = eq.heaps.get(group)
+                if not heap:
+                    break
+                entry = heap[0]
+                node = cache.nodes.get(entry[2])
+                if node is None or node.version != entry[3]:
+                    heapq.heappop(heap)
+                    if node is not None:
+                        self.stats["rescored"] += 1
+                        self._push(eq, node)
+                    continue
+                if exclusions is not None and plugins.filter_inter_pod_affinity(
+                        pod, exclusions, node, cache) is not None:
+                    skipped.append((group, heapq.heappop(heap)))
+                    continue
+                on_node = on_nodes.get(node.name, 0)
+                if least_seen is None or on_node < least_seen:
+                    least_seen = on_node
+                    candidates.append(Candidate(node, -entry[0], on_node))
+                if on_node <= fewest:
+                    break
+                if walked >= GROUP_WALK_BUDGET and counts:
+                    missing[group] = {n for n in counts if n < least_seen}
+                    break
+                skipped.append((group, heapq.heappop(heap)))
+                walked += 1
+            else:
+                return None
+        if missing:
+            candidates.extend(self._look_up(eq, pod, exclusions, on_nodes, missing))
+        return candidates
+
+    def _look_up(self, eq: EquivalenceClass, pod: PodInfo, exclusions: plugins.PodState | None,
+                 on_nodes: dict[str, int], missing: dict[Group, set[int]]) -> list[Candidate]:
+        """The best feasible node per (group, count of the workload's pods) asked for, found by going over
+        the nodes holding the workload's pods, or when untouched nodes are asked for, over the class's
+        feasible nodes; equal scores are drawn at random."""
+        cache = self.cache
+        names = (list(eq.feasible) if any(0 in counts for counts in missing.values())
+                 else [name for name in on_nodes if name in eq.feasible])
+        best: dict[tuple[Group, int], tuple[int, int, NodeInfo]] = {}  # -> (score, ties so far, node)
+        for name in names:
+            record = eq.feasible.get(name)
+            on_node = on_nodes.get(name, 0)
+            if record is None or on_node not in missing.get(record[0], ()):
+                continue
+            group, version = record
+            node = cache.nodes.get(name)
+            if node is not None and node.version != version:
+                self._push(eq, node)  # changed since: refilter, and keep the record true for later decisions
+                if eq.feasible.get(name, (None,))[0] != group:
+                    continue
+            if node is None or (exclusions is not None
+                                and plugins.filter_inter_pod_affinity(pod, exclusions, node, cache) is not None):
+                continue
+            score = plugins.node_local_score(eq.pod, node, eq.affinity_max, eq.taint_max, cache)
+            self.stats["looked_up"] += 1
+            held = best.get((group, on_node))
+            if held is None or score > held[0]:
+                best[(group, on_node)] = (score, 1, node)
+            elif score == held[0]:
+                ties = held[1] + 1
+                best[(group, on_node)] = (score, ties, node if self.random.randrange(ties) == 0 else held[2])
+        return [Candidate(node, score, on_node) for (_, on_node), (score, _, node) in best.items()]
+
+    def _restore(self, eq: EquivalenceClass, skipped: list[tuple[Group, Entry]], rescore: bool) -> None:
+        for group, entry in skipped:
+            if not rescore:
+                heapq.heappush(eq.heaps.setdefault(group, []), entry)
+            elif (node := self.cache.nodes.get(entry[2])) is not None:
+                self._push(eq, node)
+        skipped.clear()
 
     def _schedule_class(self, pod: PodInfo, exclusions: plugins.PodState | None) -> str:
         eq = self._class(pod)
@@ -197,29 +330,42 @@ class Algorithm:
                     self._push(eq, node)
             eq.freed_pos = cache.freed_end
         self._admit(eq, NODES_ADMITTED_PER_DECISION)
-        skipped: list[tuple[int, int, str, int]] = []
+        spread = spreading.spread_counts(pod, cache)
+        if spread is not None:
+            self.stats["class_with_spreading"] += 1
+        on_nodes = spread.by_node[0] if spread is not None else {}
+        skipped: list[tuple[Group, Entry]] = []
+        candidates: list[Candidate] | None = None
+        rebuilds = eq.rebuilds
+        if spread is not None and len(eq.feasible) <= MIN_FEASIBLE_NODES_TO_FIND:
+            # kube scores every feasible node here: refilter the changed ones so that spreading's weights
+            # and min / max count exactly the nodes that fit now.
+            for name, (_, version) in list(eq.feasible.items()):
+                node = cache.nodes.get(name)
+                if node is None:
+                    eq.group_sizes[eq.feasible.pop(name)[0]] -= 1
+                elif node.version != version:
+                    self._push(eq, node)
         try:
-            while len(skipped) < MAX_EXCLUDED_SKIPS:
-                while eq.heap and len(skipped) < MAX_EXCLUDED_SKIPS:
-                    entry = eq.heap[0]
-                    node = cache.nodes.get(entry[2])
-                    if node is not None and node.version == entry[3]:
-                        if exclusions is None or plugins.filter_inter_pod_affinity(
-                                pod, exclusions, node, cache) is None:
-                            return entry[2]
-                        skipped.append(heapq.heappop(eq.heap))
-                        continue
-                    heapq.heappop(eq.heap)
-                    if node is not None:
-                        self.stats["rescored"] += 1
-                        self._push(eq, node)
-                if eq.heap or eq.scanned >= len(cache.node_order):
+            while True:
+                present = self._counts_present(eq, on_nodes) if spread is not None else None
+                candidates = self._walk(eq, pod, exclusions, on_nodes, present, skipped)
+                if eq.rebuilds != rebuilds:  # scores were renormalized under the walk: walk again
+                    self._restore(eq, skipped, rescore=True)
+                    rebuilds = eq.rebuilds
+                    continue
+                if (candidates is None or any(not c.on_node for c in candidates)
+                        or eq.scanned >= len(cache.node_order)):
                     break
+                # Only nodes holding the workload's pods are left: nodes not yet admitted may do better.
+                self._restore(eq, skipped, rescore=False)
                 self._admit(eq, nodes_to_find(len(cache.nodes), self.percentage), until_feasible=True)
+            if candidates:
+                return self._pick(eq, candidates, spread, present)
         finally:
-            for entry in skipped:
-                heapq.heappush(eq.heap, entry)
-        if exclusions is not None:
+            self._restore(eq, skipped, rescore=eq.rebuilds != rebuilds)
+        if exclusions is not None or candidates is None:
+            self.stats["class_fell_back"] += 1
             return self._schedule_generic(pod)
         # Nothing fits: a full pass gives the reasons, as upstream's diagnosis does.
         eq.scanned = len(cache.node_order)
@@ -231,6 +377,61 @@ class Algorithm:
         except FitError as err:
             eq.failure, eq.failure_at = err, now
             raise
+
+    @staticmethod
+    def _counts_present(eq: EquivalenceClass, on_nodes: dict[str, int]) -> dict[Group, set[int]]:
+        """Per group, the distinct counts of the workload's pods on its feasible nodes (0: untouched)."""
+        present: dict[Group, set[int]] = defaultdict(set)
+        touched: dict[Group, int] = defaultdict(int)
+        feasible = eq.feasible
+        for name, on_node in on_nodes.items():
+            record = feasible.get(name)
+            if record is not None:
+                group = record[0]
+                touched[group] += 1
+                present[group].add(on_node)
+        for group, size in eq.group_sizes.items():
+            if size > touched.get(group, 0):
+                present[group].add(0)
+        return present
+
+    def _pick(self, eq: EquivalenceClass, candidates: list[Candidate], spread: spreading.SpreadCounts | None,
+              present: dict[Group, set[int]] | None) -> str:
+        """The best candidate with PodTopologySpread's score added; ties broken at random (selectHost)."""
+        totals = [c.local for c in candidates]
+        if spread is not None and present is not None:
+            # The system defaults (hostname, zone), as the class path only serves pods without constraints
+            # of their own. Weights come from the nodes the class holds as feasible, capped at how many kube
+            # would score; a node's raw score depends only on its group and its own matching pods.
+            scored = min(len(eq.feasible), nodes_to_find(len(self.cache.nodes), self.percentage))
+            zones = {zone or "" for (zone, _), size in eq.group_sizes.items() if size > 0}
+            host_weight, zone_weight = spreading.topology_weight(scored), spreading.topology_weight(len(zones))
+            (_, host_skew), (_, zone_skew) = spread.constraints
+            zone_counts = spread.domains[1]
+
+            def raw(group: Group, on_node: int) -> int:
+                zone, has_hostname = group
+                total = on_node * host_weight + host_skew - 1 if has_hostname else 0.0
+                if zone is not None:
+                    total += zone_counts.get(zone, 0) * zone_weight + zone_skew - 1
+                return math.floor(total + 0.5)
+
+            # NormalizeScore's min and max over the feasible nodes, from each group's distinct counts.
+            raws = [raw(node_group(c.node), c.on_node) for c in candidates]
+            everywhere = [raw(g, n) for g, counts in present.items() for n in counts] + raws
+            lo, hi = min(everywhere), max(everywhere)
+            for i, r in enumerate(raws):
+                totals[i] += plugins.WEIGHT_SPREAD * (
+                    plugins.MAX_NODE_SCORE if not hi else plugins.MAX_NODE_SCORE * (hi + lo - r) // hi)
+        best, chosen, ties = totals[0], candidates[0], 1
+        for c, total in zip(candidates[1:], totals[1:], strict=True):
+            if total > best:
+                best, chosen, ties = total, c, 1
+            elif total == best:
+                ties += 1
+                if self.random.randrange(ties) == 0:  # reservoir sampling, as selectHost
+                    chosen = c
+        return chosen.node.name
 
     # ---------------------------------------------------------------- generic path
     def _schedule_generic(self, pod: PodInfo) -> str:
@@ -261,7 +462,7 @@ class Algorithm:
         self.stats["evaluated"] += checked
         if not feasible:
             raise FitError(pod, len(cache.nodes), dict(reasons), unresolvable)
-        scores = plugins.score_nodes(pod, state, feasible)
+        scores = plugins.score_nodes(pod, state, feasible, cache)
         best = max(scores)
         winners = [n for n, s in zip(feasible, scores, strict=True) if s == best]
-        return self.random.choice(winners).name
+        return self.random.choice(winners).name  # uniform among the best, as selectHost's reservoir

@@ -16,6 +16,7 @@ DEFAULT_MILLI_CPU = 100
 DEFAULT_MEMORY = 200 * 1024 * 1024
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
 def _requests(container: Obj) -> dict[str, int]:
@@ -109,6 +110,9 @@ class PodInfo:
     terminating: bool = False
     start_time: str = ""
     nominated_node: str = ""
+    # (apiVersion, kind, name) of the controller ownerReference: what default spreading derives a selector from.
+    controller: tuple[str, str, str] | None = None
+    images: tuple[str, ...] = ()  # init and app containers' images, normalized as ImageLocality looks them up
 
     @property
     def preempt_never(self) -> bool:
@@ -121,6 +125,18 @@ class PodInfo:
     @property
     def nonzero_memory(self) -> int:
         return self.requests.get(MEMORY) or DEFAULT_MEMORY
+
+
+def normalized_image_name(name: str) -> str:
+    """ImageLocality's lookup key: an image without a tag is the ``latest`` tag."""
+    return name if name.rfind(":") > name.rfind("/") else f"{name}:latest"
+
+
+def _controller(meta: Obj) -> tuple[str, str, str] | None:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("apiVersion", ""), ref.get("kind", ""), ref.get("name", "")
+    return None
 
 
 def pod_info(obj: Obj) -> PodInfo:
@@ -140,7 +156,9 @@ def pod_info(obj: Obj) -> PodInfo:
         preferred_affinity=_terms(pa.get("preferredDuringSchedulingIgnoredDuringExecution"), ns, True),
         preferred_anti_affinity=_terms(paa.get("preferredDuringSchedulingIgnoredDuringExecution"), ns, True),
         terminating=bool(meta.get("deletionTimestamp")), start_time=status.get("startTime") or "",
-        nominated_node=status.get("nominatedNodeName") or "",
+        nominated_node=status.get("nominatedNodeName") or "", controller=_controller(meta),
+        images=tuple(normalized_image_name(c.get("image") or "")
+                     for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])),
     )
 
 
@@ -233,6 +251,17 @@ def match_node_selector_term(term: Obj, node: NodeInfo) -> bool:
     for expr in fields:
         if expr.get("key") != "metadata.name" or not _match_expression(expr, node.name):
             return False
+    return True
+
+
+def node_affinity_matches(pod: PodInfo, node: NodeInfo) -> bool:
+    for k, v in (pod.spec.get("nodeSelector") or {}).items():
+        if node.labels.get(k) != v:
+            return False
+    required = (((pod.spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    if required is not None:
+        return any(match_node_selector_term(t, node) for t in required.get("nodeSelectorTerms") or [])
     return True
 
 

@@ -7,12 +7,12 @@ message. Filters run in the default profile's order and a node stops at its firs
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import orjson
 
+from ultraplane.scheduler import spreading
 from ultraplane.scheduler.cache import ClusterCache
 from ultraplane.scheduler.model import (
     CPU,
@@ -25,6 +25,7 @@ from ultraplane.scheduler.model import (
     PodInfo,
     match_label_selector,
     match_node_selector_term,
+    node_affinity_matches,
     tolerates,
 )
 
@@ -41,13 +42,18 @@ ERR_ANTI_AFFINITY = "node(s) didn't match pod anti-affinity rules"
 ERR_SPREAD = "node(s) didn't match pod topology spread constraints"
 ERR_SPREAD_LABEL = ERR_SPREAD + " (missing required label)"
 
-# Default profile weights (kube-scheduler v1.32).
+# Default profile weights (kube-scheduler v1.32, apis/config/v1/default_plugins.go).
 WEIGHT_FIT = 1
 WEIGHT_BALANCED = 1
+WEIGHT_IMAGE = 1
 WEIGHT_NODE_AFFINITY = 2
 WEIGHT_INTER_POD_AFFINITY = 2
 WEIGHT_SPREAD = 2
 WEIGHT_TAINT = 3
+
+# ImageLocality's bounds on the summed, spread-scaled image sizes.
+IMAGE_MIN_BYTES = 23 * 1024 * 1024
+IMAGE_MAX_BYTES_PER_CONTAINER = 1000 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------- per-node filters
@@ -71,17 +77,6 @@ def filter_taint_toleration(pod: PodInfo, node: NodeInfo) -> Rejection | None:
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
             return [f"node(s) had untolerated taint {{{taint.get('key', '')}: {taint.get('value', '')}}}"], True
     return None
-
-
-def node_affinity_matches(pod: PodInfo, node: NodeInfo) -> bool:
-    for k, v in (pod.spec.get("nodeSelector") or {}).items():
-        if node.labels.get(k) != v:
-            return False
-    required = (((pod.spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution"))
-    if required is not None:
-        return any(match_node_selector_term(t, node) for t in required.get("nodeSelectorTerms") or [])
-    return True
 
 
 def filter_node_affinity(pod: PodInfo, node: NodeInfo) -> Rejection | None:
@@ -113,12 +108,14 @@ def run_node_filters(pod: PodInfo, node: NodeInfo) -> Rejection | None:
 
 # ---------------------------------------------------------------------- per-node scores
 def score_least_allocated(pod: PodInfo, node: NodeInfo) -> int:
-    total = 0
+    total = weights = 0
     for alloc, used in ((node.allocatable.get(CPU, 0), node.nonzero_cpu + pod.nonzero_cpu),
                         (node.allocatable.get(MEMORY, 0), node.nonzero_memory + pod.nonzero_memory)):
-        if alloc and used <= alloc:
-            total += (alloc - used) * MAX_NODE_SCORE // alloc
-    return total // 2
+        if alloc:  # a resource the node does not report is left out of the average
+            weights += 1
+            if used <= alloc:
+                total += (alloc - used) * MAX_NODE_SCORE // alloc
+    return total // weights if weights else 0
 
 
 def score_balanced_allocation(pod: PodInfo, node: NodeInfo) -> int:
@@ -131,6 +128,22 @@ def score_balanced_allocation(pod: PodInfo, node: NodeInfo) -> int:
         return MAX_NODE_SCORE
     std = abs(fractions[0] - fractions[1]) / 2
     return int((1 - std) * MAX_NODE_SCORE)
+
+
+def score_image_locality(pod: PodInfo, node: NodeInfo, cache: ClusterCache) -> int:
+    """ImageLocality: sizes of the pod's images already on the node, each scaled by the share of nodes
+    that have it (so one node holding an image does not attract every replica)."""
+    if not node.images or not pod.images:
+        return 0
+    total_nodes = len(cache.nodes)
+    summed = 0
+    for image in pod.images:
+        size = node.images.get(image)
+        if size is not None:
+            summed += int(size * (cache.image_nodes.get(image, 0) / total_nodes))
+    ceiling = IMAGE_MAX_BYTES_PER_CONTAINER * len(pod.images)
+    summed = min(max(summed, IMAGE_MIN_BYTES), ceiling)
+    return MAX_NODE_SCORE * (summed - IMAGE_MIN_BYTES) // (ceiling - IMAGE_MIN_BYTES)
 
 
 def raw_preferred_node_affinity(pod: PodInfo, node: NodeInfo) -> int:
@@ -152,9 +165,11 @@ def normalize(raw: int, max_raw: int, reverse: bool = False) -> int:
     return MAX_NODE_SCORE - score if reverse else score
 
 
-def node_local_score(pod: PodInfo, node: NodeInfo, affinity_max: int, taint_max: int) -> int:
-    """Weighted sum of the scores that depend only on the pod and this one node."""
+def node_local_score(pod: PodInfo, node: NodeInfo, affinity_max: int, taint_max: int, cache: ClusterCache) -> int:
+    """Weighted sum of the scores that depend only on the pod and this one node (ImageLocality also reads
+    how many nodes hold each image, which changes only with nodes)."""
     return (WEIGHT_FIT * score_least_allocated(pod, node) + WEIGHT_BALANCED * score_balanced_allocation(pod, node)
+            + WEIGHT_IMAGE * score_image_locality(pod, node, cache)
             + WEIGHT_NODE_AFFINITY * normalize(raw_preferred_node_affinity(pod, node), affinity_max)
             + WEIGHT_TAINT * normalize(raw_intolerable_prefer_no_schedule(pod, node), taint_max, reverse=True))
 
@@ -182,6 +197,7 @@ class SpreadConstraint:
 class PodState:
     """What InterPodAffinity and PodTopologySpread precompute once per pod over the whole cluster."""
     existing_anti: set[tuple[str, str]] = field(default_factory=set)
+    existing_anti_by_key: dict[str, set[str]] = field(default_factory=dict)  # the same, per topology key
     affinity_counts: list[dict[str, int]] = field(default_factory=list)
     affinity_any: bool = False
     anti_counts: list[dict[str, int]] = field(default_factory=list)
@@ -213,26 +229,43 @@ def matching_existing_anti(pod: PodInfo, cache: ClusterCache) -> set[tuple[str, 
     Replicas of one workload share their terms, so each distinct term is matched against the pod once.
     """
     domains: set[tuple[str, str]] = set()
-    verdicts: dict[int, bool] = {}
-    for other in cache.anti_affinity_pods.values():
-        node = cache.nodes.get(other.node_name)
-        if node is None:
+    for term, holders in cache.anti_terms.values():
+        if not term.matches(pod, cache.namespace_labels):
             continue
-        for term in other.anti_affinity:
-            value = node.labels.get(term.topology_key)
-            if value is None or (term.topology_key, value) in domains:
-                continue
-            signature = term.signature
-            matched = verdicts.get(signature)
-            if matched is None:
-                matched = verdicts[signature] = term.matches(pod, cache.namespace_labels)
-            if matched:
+        for other in holders.values():
+            node = cache.nodes.get(other.node_name)
+            value = node.labels.get(term.topology_key) if node is not None else None
+            if value is not None:
                 domains.add((term.topology_key, value))
     return domains
 
 
+HARD_POD_AFFINITY_WEIGHT = 1  # InterPodAffinityArgs.hardPodAffinityWeight's default
+
+
+def existing_affinity_scores(pod: PodInfo, cache: ClusterCache) -> dict[tuple[str, str], int]:
+    """InterPodAffinity's score from other pods' terms that match this pod: each existing pod's required
+    affinity terms (hardPodAffinityWeight) and preferred terms (+/- weight), credited to its domain."""
+    scores: dict[tuple[str, str], int] = {}
+    for other in cache.affinity_scoring_pods.values():
+        node = cache.nodes.get(other.node_name)
+        if node is None or not node.labels:
+            continue
+        for terms, sign, weighted in ((other.affinity, 1, False), (other.preferred_affinity, 1, True),
+                                      (other.preferred_anti_affinity, -1, True)):
+            for term in terms:
+                value = node.labels.get(term.topology_key)
+                if value is not None and term.matches(pod, cache.namespace_labels):
+                    key = (term.topology_key, value)
+                    weight = term.weight if weighted else HARD_POD_AFFINITY_WEIGHT
+                    scores[key] = scores.get(key, 0) + sign * weight
+    return scores
+
+
 def pre_filter(pod: PodInfo, cache: ClusterCache) -> PodState:
     state = PodState(existing_anti=matching_existing_anti(pod, cache))
+    for key, value in state.existing_anti:
+        state.existing_anti_by_key.setdefault(key, set()).add(value)
     state.affinity_counts = [_domain_counts(t, cache) for t in pod.affinity]
     state.anti_counts = [_domain_counts(t, cache) for t in pod.anti_affinity]
     state.affinity_any = any(state.affinity_counts)
@@ -241,6 +274,8 @@ def pre_filter(pod: PodInfo, cache: ClusterCache) -> PodState:
             for value, n in _domain_counts(term, cache).items():
                 key = (term.topology_key, value)
                 state.preferred[key] = state.preferred.get(key, 0) + sign * term.weight * n
+    for key, score in existing_affinity_scores(pod, cache).items():
+        state.preferred[key] = state.preferred.get(key, 0) + score
     for c in pod.spec.get("topologySpreadConstraints") or []:
         state.spread.append(SpreadConstraint(
             max_skew=int(c.get("maxSkew", 1)), topology_key=c.get("topologyKey", ""),
@@ -299,9 +334,10 @@ def filter_inter_pod_affinity(pod: PodInfo, state: PodState, node: NodeInfo, cac
         value = labels.get(term.topology_key)
         if value is not None and counts.get(value):
             return [ERR_ANTI_AFFINITY], False
-    for key, value in state.existing_anti:
-        if labels.get(key) == value:
-            return [ERR_EXISTING_ANTI_AFFINITY], False
+    if state.existing_anti:
+        for key, values in state.existing_anti_by_key.items():
+            if labels.get(key) in values:
+                return [ERR_EXISTING_ANTI_AFFINITY], False
     return None
 
 
@@ -313,12 +349,13 @@ def run_filters(pod: PodInfo, state: PodState, node: NodeInfo, cache: ClusterCac
 
 
 # ---------------------------------------------------------------------- scoring a feasible set
-def score_nodes(pod: PodInfo, state: PodState, nodes: list[NodeInfo]) -> list[int]:
+def score_nodes(pod: PodInfo, state: PodState, nodes: list[NodeInfo], cache: ClusterCache) -> list[int]:
     """Scores with upstream normalization over the given feasible nodes."""
     affinity_raw = [raw_preferred_node_affinity(pod, n) for n in nodes]
     taint_raw = [raw_intolerable_prefer_no_schedule(pod, n) for n in nodes]
     affinity_max, taint_max = max(affinity_raw, default=0), max(taint_raw, default=0)
     scores = [WEIGHT_FIT * score_least_allocated(pod, n) + WEIGHT_BALANCED * score_balanced_allocation(pod, n)
+              + WEIGHT_IMAGE * score_image_locality(pod, n, cache)
               + WEIGHT_NODE_AFFINITY * normalize(a, affinity_max)
               + WEIGHT_TAINT * normalize(t, taint_max, reverse=True)
               for n, a, t in zip(nodes, affinity_raw, taint_raw, strict=True)]
@@ -326,20 +363,13 @@ def score_nodes(pod: PodInfo, state: PodState, nodes: list[NodeInfo]) -> list[in
         raw = [sum(w for (k, v), w in state.preferred.items() if n.labels.get(k) == v) for n in nodes]
         lo, hi = min(raw), max(raw)
         for i, r in enumerate(raw):
-            scores[i] += WEIGHT_INTER_POD_AFFINITY * (MAX_NODE_SCORE * (r - lo) // (hi - lo) if hi > lo else 0)
-    soft = [c for c in state.spread if not c.hard]
-    if soft:
-        raw_spread: list[float | None] = []
-        for n in nodes:
-            if any(c.topology_key not in n.labels for c in soft):
-                raw_spread.append(None)
-                continue
-            raw_spread.append(sum(c.counts.get(n.labels[c.topology_key], 0) * math.log(len(c.counts) + 2)
-                                  + c.max_skew - 1 for c in soft))
-        present = [r for r in raw_spread if r is not None]
-        lo_s, hi_s = min(present, default=0.0), max(present, default=0.0)
-        for i, r in enumerate(raw_spread):
-            if r is None:
-                continue
-            scores[i] += WEIGHT_SPREAD * (int(MAX_NODE_SCORE * (hi_s + lo_s - r) / hi_s) if hi_s else MAX_NODE_SCORE)
+            # int64(float64(MaxNodeScore) * (float64(score - min) / float64(max - min))), as upstream
+            scores[i] += WEIGHT_INTER_POD_AFFINITY * (int(MAX_NODE_SCORE * ((r - lo) / (hi - lo))) if hi > lo else 0)
+    counts = spreading.spread_counts(pod, cache)
+    if counts is not None:
+        weights = spreading.spread_weights(counts, nodes)
+        spread = spreading.normalize_spread([None if counts.ignores(n) else counts.raw_for(weights, n)
+                                             for n in nodes])
+        for i, s in enumerate(spread):
+            scores[i] += WEIGHT_SPREAD * s
     return scores

@@ -64,12 +64,21 @@ class Scheduler:
                            self._on_pod_add, self._on_pod_update, self._on_pod_delete),
             self._informer("/apis/policy/v1/poddisruptionbudgets", {}, self._on_pdb, self._on_pdb,
                            self._on_pdb_delete),
+            # What PodTopologySpread's system defaults derive a pod's selector from (kube's DefaultSelector).
+            *(self._workload_informer(path, kind) for path, kind in (
+                ("/api/v1/services", "Service"), ("/api/v1/replicationcontrollers", "ReplicationController"),
+                ("/apis/apps/v1/replicasets", "ReplicaSet"), ("/apis/apps/v1/statefulsets", "StatefulSet"))),
         ]
 
     def _informer(self, path: str, params: dict[str, str], on_add: Any, on_update: Any, on_delete: Any) -> Informer:
         informer = Informer(self.client, path, params)
         informer.add_handler(on_add, on_update, on_delete)
         return informer
+
+    def _workload_informer(self, path: str, kind: str) -> Informer:
+        return self._informer(path, {}, lambda obj: self.cache.upsert_workload(kind, obj),
+                              lambda old, new: self.cache.upsert_workload(kind, new),
+                              lambda obj: self.cache.remove_workload(kind, obj))
 
     # ---------------------------------------------------------------- informer handlers
     def _on_namespace(self, *objs: Obj) -> None:
