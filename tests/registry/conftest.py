@@ -187,3 +187,18 @@ class Client:
 @pytest.fixture
 def admin(registry: RegistryProcess) -> Client:
     return Client(registry.url, registry.ca_cert, "admin", registry.password)
+
+
+@pytest.fixture(scope="session")
+def signing_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """A registry that signs pushes to `signed/*`, guards `signed/*` in its admission check and evaluates
+    lifecycle policies every second (for the audit, signing, lifecycle and admission tests)."""
+    server = start_registry(tmp_path_factory.mktemp("signing-registry"), "--sign-on-push", "signed/*",
+                            "--require-signature", "signed/*", "--lifecycle-interval", "1")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def signing_admin(signing_registry: RegistryProcess) -> Client:
+    return Client(signing_registry.url, signing_registry.ca_cert, "admin", signing_registry.password)

@@ -299,7 +299,8 @@ def test_names_and_references_are_validated(registry: RegistryProcess, admin: Cl
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "TAG_INVALID"
     status, body = _raw_request(registry, token, "/v2/ok/blobs/sha256:..%2f..%2fetc")
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
-    assert sorted(os.listdir(registry.data_dir)) == ["auth", "certs.d", "pki", "storage"]
+    assert sorted(os.listdir(registry.data_dir)) == ["archive", "audit", "auth", "certs.d", "lifecycle", "pki",
+                                                     "signing", "storage"]
     assert not any(Path(registry.data_dir).parent.glob("etc*"))
 
 

@@ -19,7 +19,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "storage under DATA_DIR, over TLS with certificates from DATA_DIR/pki and Docker's "
                     "bearer-token auth (the first start creates user admin and prints its password).",
     )
+    parser.add_argument("tool", nargs="?", default="serve", choices=["serve", "audit-verify", "verify-image"],
+                        help="serve (default); audit-verify: check the audit log's hash chain; verify-image "
+                             "IMAGE: check IMAGE's registry signatures (both offline, on DATA_DIR)")
+    parser.add_argument("image", nargs="?", help="with verify-image: HOST/NAME[:TAG][@DIGEST] or NAME:TAG")
     parser.add_argument("--data-dir", required=True, type=Path, help="storage, users, keys and certificates")
+    parser.add_argument("--sign-on-push", action="append", default=[], metavar="GLOB",
+                        help="sign images pushed to matching repositories with the registry's key (repeatable)")
+    parser.add_argument("--require-signature", action="append", default=[], metavar="GLOB",
+                        help="the admission check refuses unsigned images of matching repositories (repeatable)")
+    parser.add_argument("--lifecycle-interval", type=float, default=3600.0,
+                        help="seconds between lifecycle policy evaluations (0: only on request)")
+    parser.add_argument("--public-host", default=None,
+                        help="HOST[:PORT] that signatures name as the image's registry (default: request Host)")
     parser.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT to serve on (port 0: any free)")
     parser.add_argument("--insecure-http", action="store_true", help="serve plain HTTP instead of TLS")
     parser.add_argument("--no-auth", action="store_true", help="let anyone pull, push and delete (no tokens)")
@@ -46,8 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ultraplane.registry.auth import UserStore
+    from ultraplane.registry.platform import PlatformConfig
     from ultraplane.registry.server import RegistryConfig
 
+    if args.tool != "serve":
+        from ultraplane.cli.registrytools import run_tool
+
+        return run_tool(args)
     if args.set_user:
         password = sys.stdin.readline().rstrip("\n")
         if not password:
@@ -67,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     config = RegistryConfig(args.data_dir, host.strip("[]"), int(port), tls=not args.insecure_http,
                             auth=not args.no_auth, anonymous_pull=args.anonymous_pull, realm=args.token_realm,
                             gc_interval=args.gc_interval, gc_grace=args.gc_grace, fsync=args.fsync,
-                            max_uploads=args.max_uploads, max_blob_size=args.max_blob_size)
+                            max_uploads=args.max_uploads, max_blob_size=args.max_blob_size,
+                            platform=PlatformConfig(args.sign_on_push, args.require_signature,
+                                                    args.lifecycle_interval, args.public_host))
     return run_loop(serve(config))
 
 

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
 import orjson
@@ -21,6 +21,9 @@ from ultraplane.registry.http import FileRange, Request, Response
 from ultraplane.registry.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
 from ultraplane.registry.names import check_name, check_reference, digest_of, is_tag, parse_digest
 from ultraplane.registry.storage import Storage, Upload
+
+if TYPE_CHECKING:
+    from ultraplane.registry.platform import Platform
 
 _API_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 _JSON = ("Content-Type", "application/json")
@@ -61,6 +64,7 @@ class RegistryApi:
         self.realm = realm
         self.max_uploads = max_uploads
         self.delete_enabled = delete_enabled
+        self.platform: Platform | None = None  # /ultraplane/v1 extensions and push/delete/pull hooks
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -72,6 +76,8 @@ class RegistryApi:
         path, method = request.path, request.method
         if path == "/token":
             return await self._token(request)
+        if path.startswith("/ultraplane/") and self.platform is not None:
+            return await self.platform.handle(request)
         if path in ("/v2", "/v2/"):
             self._authorize(request, None)
             return _json(200, {})
@@ -212,12 +218,14 @@ class RegistryApi:
             data = self.storage.read_manifest(digest)
         except FileNotFoundError as exc:
             raise RegistryError("MANIFEST_UNKNOWN", {"digest": digest}) from exc
+        if self.platform is not None and request.method == "GET":
+            self.platform.pulled(name, digest)
         return Response(200, [_API_HEADER, ("Content-Type", media_type), ("Docker-Content-Digest", digest),
                               ("ETag", f'"{digest}"')], data)
 
     async def _put_manifest(self, request: Request, name: str, reference: str | None) -> Response:
         assert reference is not None
-        self._authorize(request, Scope("repository", name, ("pull", "push")))
+        grant = self._authorize(request, Scope("repository", name, ("pull", "push")))
         tag, reference_digest = check_reference(reference)
         data = await request.body.read_all(MAX_MANIFEST_BYTES)
         if data is None:
@@ -244,6 +252,8 @@ class RegistryApi:
                                   subject=parsed.subject, descriptor=parsed.descriptor(digest, len(data)))
         for extra in extra_tags:
             self.storage.put_tag(name, extra, digest)
+        if self.platform is not None:
+            self.platform.pushed(request, grant, name, reference, digest, parsed.media_type, parsed.subject)
         headers = [("Location", f"/v2/{name}/manifests/{digest}"), ("Docker-Content-Digest", digest)]
         if extra_tags:
             headers.append(("OCI-Tag", ", ".join(extra_tags)))
@@ -257,19 +267,23 @@ class RegistryApi:
 
     async def _delete_manifest(self, request: Request, name: str, reference: str | None) -> Response:
         assert reference is not None
-        self._check_delete(request, name)
+        grant = self._check_delete(request, name)
         tag, digest = check_reference(reference)
         if tag is not None:
+            digest = self.storage.resolve_tag(name, tag)
             if not self.storage.delete_tag(name, tag):
                 raise RegistryError("MANIFEST_UNKNOWN", {"tag": tag})
         elif digest is not None and not self.storage.delete_manifest(name, digest):
             raise RegistryError("MANIFEST_UNKNOWN", {"digest": digest})
+        if self.platform is not None:
+            self.platform.deleted(request, grant, name, reference, digest)
         return _empty(202)
 
-    def _check_delete(self, request: Request, name: str) -> None:
-        self._authorize(request, Scope("repository", name, ("delete",)))
+    def _check_delete(self, request: Request, name: str) -> Grant | None:
+        grant = self._authorize(request, Scope("repository", name, ("delete",)))
         if not self.delete_enabled:
             raise RegistryError("UNSUPPORTED", message="deletes are disabled on this registry")
+        return grant
 
     # -- blobs ----------------------------------------------------------------------------------------------
 
@@ -308,10 +322,12 @@ class RegistryApi:
 
     async def _delete_blob(self, request: Request, name: str, digest: str | None) -> Response:
         assert digest is not None
-        self._check_delete(request, name)
+        grant = self._check_delete(request, name)
         parse_digest(digest)
         if not self.storage.unlink_blob(name, digest):
             raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
+        if self.platform is not None:
+            self.platform.deleted(request, grant, name, "blob", digest)
         return _empty(202)
 
     # -- uploads --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from ultraplane import pki
 from ultraplane.registry.api import RegistryApi
 from ultraplane.registry.auth import Rule, TokenAuthority, UserStore, ensure_admin, load_signing_key
 from ultraplane.registry.http import serve_http
+from ultraplane.registry.platform import Platform, PlatformConfig
 from ultraplane.registry.storage import Storage
 
 log = logging.getLogger("ultraplane.registry")
@@ -35,6 +36,7 @@ class RegistryConfig:
     fsync: bool = False
     max_uploads: int = 10_000
     max_blob_size: int = 0  # bytes; 0: no limit
+    platform: PlatformConfig = field(default_factory=PlatformConfig)  # signing, lifecycle, admission
 
 
 @dataclass
@@ -97,6 +99,9 @@ class Registry:
         self.files = prepare(config)
         self.storage = Storage(config.data_dir / "storage", fsync=config.fsync)
         self.api = build_api(config, self.storage)
+        self.platform = Platform(config.data_dir, self.storage, config.platform, fsync=config.fsync)
+        self.platform.authorize = self.api._authorize
+        self.api.platform = self.platform
         self._server: asyncio.Server | None = None
         self._gc_task: asyncio.Task[None] | None = None
 
@@ -114,6 +119,7 @@ class Registry:
         self._server = await serve_http(self.api.handle, self.config.host, self.config.port, context)
         if self.config.gc_interval > 0:
             self._gc_task = asyncio.ensure_future(self._collect_periodically())
+        self.platform.start()
 
     async def _collect_periodically(self) -> None:
         while True:
@@ -124,6 +130,7 @@ class Registry:
                 log.exception("garbage collection failed")
 
     async def close(self) -> None:
+        await self.platform.close()
         if self._gc_task is not None:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
