@@ -17,6 +17,7 @@ from ultraplane.cli import natscluster as natscluster_cmd
 from ultraplane.cli import nodes as nodes_cmd
 from ultraplane.cli import partitions as partitions_cmd
 from ultraplane.cli import registry as registry_cmd
+from ultraplane.cli import registryscan as registryscan_cmd
 from ultraplane.cli import scheduler as scheduler_cmd
 from ultraplane.cli import store as store_cmd
 from ultraplane.cli import up as up_cmd
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     mcp_cmd.add_parser(sub)
     compose_cmd.add_parser(sub)
     registry_cmd.add_parser(sub)
+    registryscan_cmd.add_parser(sub)
     fleet_cmd.add_parser(sub)
     return parser
 

@@ -104,8 +104,11 @@ def parse_advisory(data: Any, where: str) -> Advisory:
     _require(isinstance(advisory_id, str) and bool(advisory_id), where, "advisory has no id")
     where = f"{where} ({advisory_id})"
     aliases = data.get("aliases") or []
-    _require(isinstance(aliases, list) and all(isinstance(a, str) for a in aliases), where,
-             "aliases is not a list of strings")
+    _require(
+        isinstance(aliases, list) and all(isinstance(a, str) for a in aliases),
+        where,
+        "aliases is not a list of strings",
+    )
     severities = []
     for entry in data.get("severity") or []:
         _require(isinstance(entry, dict) and isinstance(entry.get("score"), str), where, "bad severity entry")
@@ -118,29 +121,45 @@ def parse_advisory(data: Any, where: str) -> Advisory:
         _require(isinstance(item, dict), where, "affected entry is not an object")
         package = item.get("package") or {}
         ecosystem, name = package.get("ecosystem"), package.get("name")
-        _require(isinstance(ecosystem, str) and isinstance(name, str) and bool(name), where,
-                 "affected package needs ecosystem and name")
-        _require(versions.known_ecosystem(ecosystem), where,
-                 f"unknown ecosystem {ecosystem!r} (known: Debian, Ubuntu, Alpine, PyPI, npm)")
+        _require(
+            isinstance(ecosystem, str) and isinstance(name, str) and bool(name),
+            where,
+            "affected package needs ecosystem and name",
+        )
+        _require(
+            versions.known_ecosystem(ecosystem),
+            where,
+            f"unknown ecosystem {ecosystem!r} (known: Debian, Ubuntu, Alpine, PyPI, npm)",
+        )
         compare = versions.comparator(ecosystem)
         ranges = []
         for raw_range in item.get("ranges") or []:
             ranges.append(_parse_range(raw_range, ecosystem, compare, f"{where} {ecosystem}/{name}"))
         listed = item.get("versions") or []
-        _require(isinstance(listed, list) and all(isinstance(v, str) for v in listed), where,
-                 "versions is not a list of strings")
+        _require(
+            isinstance(listed, list) and all(isinstance(v, str) for v in listed),
+            where,
+            "versions is not a list of strings",
+        )
         label = ""
         for extra in (item.get("ecosystem_specific"), item.get("database_specific")):
             if isinstance(extra, dict) and isinstance(extra.get("severity"), str):
                 label = extra["severity"]
                 break
-        affected.append(Affected(ecosystem, package_name_key(ecosystem, name), tuple(ranges), frozenset(listed),
-                                 label))
+        affected.append(
+            Affected(ecosystem, package_name_key(ecosystem, name), tuple(ranges), frozenset(listed), label)
+        )
     database_specific = data.get("database_specific")
     summary = data.get("summary") or data.get("details", "").split("\n")[0]
-    return Advisory(advisory_id, tuple(aliases), str(summary)[:300], str(data.get("modified", "")),
-                    tuple(severities), tuple(affected),
-                    database_specific if isinstance(database_specific, dict) else {})
+    return Advisory(
+        advisory_id,
+        tuple(aliases),
+        str(summary)[:300],
+        str(data.get("modified", "")),
+        tuple(severities),
+        tuple(affected),
+        database_specific if isinstance(database_specific, dict) else {},
+    )
 
 
 def _parse_range(raw: Any, ecosystem: str, compare: Any, where: str) -> Range:
@@ -151,9 +170,12 @@ def _parse_range(raw: Any, ecosystem: str, compare: Any, where: str) -> Range:
     _require(isinstance(events_raw, list) and bool(events_raw), where, "range has no events")
     events = []
     for event in events_raw:
-        _require(isinstance(event, dict) and len(event) == 1, where,
-                 f"event {event!r} must have exactly one of {', '.join(EVENT_KINDS)}")
-        (kind, version), = event.items()
+        _require(
+            isinstance(event, dict) and len(event) == 1,
+            where,
+            f"event {event!r} must have exactly one of {', '.join(EVENT_KINDS)}",
+        )
+        ((kind, version),) = event.items()
         _require(kind in EVENT_KINDS, where, f"unknown event {kind!r}")
         _require(isinstance(version, str) and bool(version), where, f"event {kind} has no version")
         if range_type != "GIT" and not (kind == "introduced" and version == "0"):
@@ -164,8 +186,11 @@ def _parse_range(raw: Any, ecosystem: str, compare: Any, where: str) -> Range:
         events.append(Event(kind, version))
     _require(any(e.kind == "introduced" for e in events), where, "range has no introduced event")
     fixes = [e for e in events if e.kind in ("fixed", "last_affected")]
-    _require(not (any(e.kind == "fixed" for e in fixes) and any(e.kind == "last_affected" for e in fixes)),
-             where, "range mixes fixed and last_affected")
+    _require(
+        not (any(e.kind == "fixed" for e in fixes) and any(e.kind == "last_affected" for e in fixes)),
+        where,
+        "range mixes fixed and last_affected",
+    )
     return Range(range_type, tuple(events))
 
 

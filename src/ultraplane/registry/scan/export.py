@@ -7,12 +7,15 @@ type container); each package carries its purl and, as an annotation / property,
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from ultraplane import __version__
+from ultraplane.registry.scan.layout import digest_of
 from ultraplane.registry.scan.sbom import Package, Sbom
 
 SPDX_MEDIA_TYPE = "application/spdx+json"
@@ -56,20 +59,32 @@ def _spdx_id(index: int, package: Package) -> str:
 
 def to_spdx(sbom: Sbom) -> dict[str, Any]:
     image_id = "SPDXRef-Image"
-    packages: list[dict[str, Any]] = [{
-        "SPDXID": image_id,
-        "name": sbom.image_name or sbom.image_digest,
-        "versionInfo": sbom.image_digest,
-        "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": False,
-        "primaryPackagePurpose": "CONTAINER",
-        "checksums": [{"algorithm": sbom.image_digest.split(":")[0].upper(),
-                       "checksumValue": sbom.image_digest.split(":", 1)[1]}],
-        "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-                          "referenceLocator": image_purl(sbom)}],
-    }]
-    relationships = [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
-                      "relatedSpdxElement": image_id}]
+    packages: list[dict[str, Any]] = [
+        {
+            "SPDXID": image_id,
+            "name": sbom.image_name or sbom.image_digest,
+            "versionInfo": sbom.image_digest,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": False,
+            "primaryPackagePurpose": "CONTAINER",
+            "checksums": [
+                {
+                    "algorithm": sbom.image_digest.split(":")[0].upper(),
+                    "checksumValue": sbom.image_digest.split(":", 1)[1],
+                }
+            ],
+            "externalRefs": [
+                {
+                    "referenceCategory": "PACKAGE-MANAGER",
+                    "referenceType": "purl",
+                    "referenceLocator": image_purl(sbom),
+                }
+            ],
+        }
+    ]
+    relationships = [
+        {"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": image_id}
+    ]
     for index, package in enumerate(sbom.packages):
         spdx_id = _spdx_id(index, package)
         declared = package.license if _SPDX_LICENSE.match(package.license) else "NOASSERTION"
@@ -83,12 +98,18 @@ def to_spdx(sbom: Sbom) -> dict[str, Any]:
             "licenseDeclared": declared,
             "primaryPackagePurpose": "OPERATING-SYSTEM" if package.kind in ("deb", "apk") else "LIBRARY",
             "sourceInfo": f"found in {package.location}, introduced by layer {package.layer}",
-            "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-                              "referenceLocator": purl(package, sbom.distro)}],
+            "externalRefs": [
+                {
+                    "referenceCategory": "PACKAGE-MANAGER",
+                    "referenceType": "purl",
+                    "referenceLocator": purl(package, sbom.distro),
+                }
+            ],
         }
         packages.append(entry)
-        relationships.append({"spdxElementId": image_id, "relationshipType": "CONTAINS",
-                              "relatedSpdxElement": spdx_id})
+        relationships.append(
+            {"spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": spdx_id}
+        )
     return {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -115,8 +136,10 @@ def to_cyclonedx(sbom: Sbom, spec_version: str = "1.6") -> dict[str, Any]:
             "name": package.name,
             "version": package.version,
             "purl": component_purl,
-            "properties": [{"name": "ultraplane:layer", "value": package.layer},
-                           {"name": "ultraplane:location", "value": package.location}],
+            "properties": [
+                {"name": "ultraplane:layer", "value": package.layer},
+                {"name": "ultraplane:location", "value": package.location},
+            ],
         }
         if package.license:
             component["licenses"] = [{"license": {"name": package.license}}]
@@ -129,9 +152,53 @@ def to_cyclonedx(sbom: Sbom, spec_version: str = "1.6") -> dict[str, Any]:
         "metadata": {
             "timestamp": _now(),
             "tools": {"components": [{"type": "application", "name": TOOL, "version": __version__}]},
-            "component": {"type": "container", "bom-ref": image_ref, "name": sbom.image_name or "image",
-                          "version": sbom.image_digest, "purl": image_ref},
+            "component": {
+                "type": "container",
+                "bom-ref": image_ref,
+                "name": sbom.image_name or "image",
+                "version": sbom.image_digest,
+                "purl": image_ref,
+            },
         },
         "components": components,
         "dependencies": [{"ref": image_ref, "dependsOn": [c["bom-ref"] for c in components]}],
     }
+
+
+EMPTY_CONFIG = b"{}"
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+
+
+@dataclass
+class ReferrerArtifact:
+    """An SBOM as an OCI 1.1 referrer of its image: push `blobs`, then `manifest` under `manifest_digest`."""
+
+    manifest_digest: str
+    manifest: bytes
+    blobs: dict[str, bytes]  # digest -> content: the SBOM document and the empty config
+
+
+def referrer_artifact(document: dict[str, Any], media_type: str, subject: dict[str, Any]) -> ReferrerArtifact:
+    """artifactType = the SBOM's media type, one layer holding the document, subject = the image's
+    descriptor (mediaType, digest, size), config = the spec's empty descriptor."""
+    body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": media_type,
+        "config": {
+            "mediaType": EMPTY_MEDIA_TYPE,
+            "digest": digest_of(EMPTY_CONFIG),
+            "size": 2,
+            "data": "e30=",
+        },
+        "layers": [{"mediaType": media_type, "digest": digest_of(body), "size": len(body)}],
+        "subject": {key: subject[key] for key in ("mediaType", "digest", "size")},
+        "annotations": {"org.opencontainers.image.created": _now()},
+    }
+    manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
+    return ReferrerArtifact(
+        digest_of(manifest_bytes),
+        manifest_bytes,
+        {digest_of(body): body, digest_of(EMPTY_CONFIG): EMPTY_CONFIG},
+    )

@@ -1,19 +1,22 @@
 """Reading images: an OCI image layout directory (image-layout spec v1.0) or the registry's blob directory.
 
 Every blob read is checked against its digest; a mismatch, a missing blob or a manifest that is not an image
-manifest raises ScanError. Layers are decompressed (gzip, or none) lazily, one at a time.
+manifest raises ScanError. Layers stream through gzip (or none) and tar one at a time, in constant memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ultraplane.registry.scan.errors import ScanError
 
@@ -44,6 +47,36 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
 class BlobSource(Protocol):
     def read(self, digest: str) -> bytes: ...
 
+    def open_verified(self, digest: str) -> BinaryIO: ...
+
+
+_CHUNK = 1 << 20
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes what passes through; a read error of the inner stream becomes a ScanError naming the layer."""
+
+    def __init__(self, inner: BinaryIO, algorithm: str, failure: str) -> None:
+        self.inner = inner
+        self.hasher = hashlib.new(algorithm)
+        self.algorithm = algorithm
+        self.failure = failure
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self.inner.read(len(buffer))
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ScanError(f"{self.failure}: {exc}") from None
+        buffer[: len(data)] = data
+        self.hasher.update(data)
+        return len(data)
+
+    def digest(self) -> str:
+        return f"{self.algorithm}:{self.hasher.hexdigest()}"
+
 
 class _DirectoryBlobs:
     """Blobs as files under a root; subclasses say where a digest lives."""
@@ -65,6 +98,23 @@ class _DirectoryBlobs:
         if actual != digest:
             raise ScanError(f"blob {digest} does not match its digest: content hashes to {actual}")
         return data
+
+    def open_verified(self, digest: str) -> BinaryIO:
+        """The blob's file, positioned at its start, after one streaming pass proved its digest."""
+        algorithm, hex_digest = split_digest(digest)
+        try:
+            handle = open(self.path(algorithm, hex_digest), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise ScanError(f"blob {digest} not found under {self.root}") from None
+        hasher = hashlib.new(algorithm)
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if actual != digest:
+            handle.close()
+            raise ScanError(f"blob {digest} does not match its digest: content hashes to {actual}")
+        handle.seek(0)
+        return handle
 
 
 class LayoutBlobs(_DirectoryBlobs):
@@ -98,30 +148,39 @@ class Image:
     name: str = ""  # e.g. the layout's ref name, for display
     diff_ids: list[str] = field(default_factory=list)
 
-    def layer_bytes(self, index: int) -> bytes:
-        """The layer's uncompressed tar bytes, verified against the manifest digest (and the config's
-        diff_id when there is one)."""
+    @contextlib.contextmanager
+    def open_layer(self, index: int) -> Iterator[BinaryIO]:
+        """The layer's uncompressed tar as a stream (constant memory, whatever the layer's size). The blob's
+        digest is checked before; the uncompressed bytes are checked against the config's diff_id after the
+        caller is done (the rest of the stream is read to the end for that)."""
         ref = self.layers[index]
-        blob = self.source.read(ref.digest)
-        data = decompress_layer(blob, ref)
-        if index < len(self.diff_ids) and self.diff_ids[index] and data is not blob:
-            algorithm, _ = split_digest(self.diff_ids[index])
-            actual = digest_of(data, algorithm)
-            if actual != self.diff_ids[index]:
-                raise ScanError(f"layer {ref.digest}: uncompressed content hashes to {actual}, "
-                                f"config says diff_id {self.diff_ids[index]}")
-        return data
-
-
-def decompress_layer(blob: bytes, ref: LayerRef) -> bytes:
-    if blob[:2] == b"\x1f\x8b":
+        handle = self.source.open_verified(ref.digest)
         try:
-            return gzip.decompress(blob)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ScanError(f"layer {ref.digest}: corrupt gzip stream: {exc}") from None
-    if blob[:4] == b"\x28\xb5\x2f\xfd":
-        raise ScanError(f"layer {ref.digest}: zstd-compressed layers are not supported")
-    return blob
+            magic = handle.read(4)
+            handle.seek(0)
+            if magic == b"\x28\xb5\x2f\xfd":
+                raise ScanError(f"layer {ref.digest}: zstd-compressed layers are not supported")
+            compressed = magic[:2] == b"\x1f\x8b"
+            inner: Any = gzip.GzipFile(fileobj=handle, mode="rb") if compressed else handle
+            expected = self.diff_ids[index] if index < len(self.diff_ids) else ""
+            algorithm = split_digest(expected)[0] if expected else "sha256"
+            failure = (
+                f"layer {ref.digest}: corrupt gzip stream"
+                if compressed
+                else f"layer {ref.digest}: read error"
+            )
+            hashing = _HashingReader(inner, algorithm, failure)
+            stream = io.BufferedReader(hashing, 1 << 16)
+            yield stream  # type: ignore[misc]
+            while stream.read(_CHUNK):
+                pass
+            if expected and hashing.digest() != expected:
+                raise ScanError(
+                    f"layer {ref.digest}: uncompressed content hashes to {hashing.digest()}, "
+                    f"config says diff_id {expected}"
+                )
+        finally:
+            handle.close()
 
 
 def _json_blob(source: BlobSource, digest: str, what: str) -> dict[str, Any]:
@@ -135,17 +194,28 @@ def _json_blob(source: BlobSource, digest: str, what: str) -> dict[str, Any]:
     return value
 
 
-def load_image(source: BlobSource, manifest_digest: str, name: str = "", platform: str = "linux/amd64") -> Image:
+def load_image(
+    source: BlobSource, manifest_digest: str, name: str = "", platform: str = "linux/amd64"
+) -> Image:
     """The image whose manifest (or index: the entry for `platform`, else the first) has this digest."""
     manifest = _json_blob(source, manifest_digest, "manifest")
     media_type = manifest.get("mediaType", "")
     if media_type in INDEX_TYPES or (not media_type and "manifests" in manifest):
-        entries = [m for m in manifest.get("manifests") or [] if m.get("mediaType", "") in IMAGE_MANIFEST_TYPES]
+        entries = [
+            m for m in manifest.get("manifests") or [] if m.get("mediaType", "") in IMAGE_MANIFEST_TYPES
+        ]
         if not entries:
             raise ScanError(f"index {manifest_digest} lists no image manifest")
         wanted_os, _, wanted_arch = platform.partition("/")
-        chosen = next((m for m in entries if (m.get("platform") or {}).get("os") == wanted_os
-                       and (m.get("platform") or {}).get("architecture") == wanted_arch), entries[0])
+        chosen = next(
+            (
+                m
+                for m in entries
+                if (m.get("platform") or {}).get("os") == wanted_os
+                and (m.get("platform") or {}).get("architecture") == wanted_arch
+            ),
+            entries[0],
+        )
         return load_image(source, chosen["digest"], name, platform)
     if media_type and media_type not in IMAGE_MANIFEST_TYPES:
         raise ScanError(f"manifest {manifest_digest} has media type {media_type!r}, not an image manifest")
@@ -164,7 +234,7 @@ def load_image(source: BlobSource, manifest_digest: str, name: str = "", platfor
 
 
 def open_layout(directory: str | Path, ref: str | None = None, platform: str = "linux/amd64") -> Image:
-    """The image in an OCI layout directory: the index entry whose ref name is `ref`, else the only (first)."""
+    """The image in an OCI layout directory: the index entry named `ref`, else the only (first) one."""
     root = Path(directory)
     try:
         marker = json.loads((root / "oci-layout").read_bytes())

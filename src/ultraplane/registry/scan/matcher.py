@@ -50,6 +50,7 @@ def _event_key(compare: Callable[[str, str], int]) -> Callable[[object], object]
         if b[1] == "0" and b[0] == "introduced":
             return 1
         return compare(a[1], b[1])
+
     return functools.cmp_to_key(cmp)  # type: ignore[arg-type]
 
 
@@ -99,8 +100,13 @@ def affected_by(version: str, affected: Affected) -> tuple[bool, str]:
 def _fix_from_ranges(version: str, affected: Affected) -> str:
     for range_ in affected.ranges:
         if range_.type != "GIT":
-            hit, fixed = evaluate_range(version, range_, versions.compare_semver if range_.type == "SEMVER"
-                                        else versions.comparator(affected.ecosystem))
+            hit, fixed = evaluate_range(
+                version,
+                range_,
+                versions.compare_semver
+                if range_.type == "SEMVER"
+                else versions.comparator(affected.ecosystem),
+            )
             if hit and fixed:
                 return fixed
     return ""
@@ -154,8 +160,19 @@ def match_sbom(sbom: Sbom, index: AdvisoryIndex) -> list[Finding]:
                 if not hit:
                     continue
                 severity, score = _severity(advisory, affected)
-                finding = Finding(sbom.image_digest, ecosystem, package.name, package.version, package.location,
-                                  package.layer, advisory.id, advisory.aliases, severity, score, fixed,
-                                  advisory.summary)
+                finding = Finding(
+                    sbom.image_digest,
+                    ecosystem,
+                    package.name,
+                    package.version,
+                    package.location,
+                    package.layer,
+                    advisory.id,
+                    advisory.aliases,
+                    severity,
+                    score,
+                    fixed,
+                    advisory.summary,
+                )
                 findings.setdefault(finding.key, finding)
     return sorted(findings.values(), key=lambda f: (-severity_rank(f.severity), f.package, f.advisory_id))

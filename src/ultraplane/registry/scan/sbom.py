@@ -10,13 +10,12 @@ each package records the layer that introduced it and the history records what e
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import tarfile
 from dataclasses import asdict, dataclass, field
 from email.parser import HeaderParser
-from typing import Any
+from typing import Any, BinaryIO
 
 from packaging.utils import canonicalize_name
 
@@ -67,10 +66,17 @@ class Sbom:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sbom:
-        history = [LayerChange(h["digest"], [Package(**p) for p in h["added"]], [Package(**p) for p in h["removed"]])
-                   for h in data.get("history") or []]
-        return cls(data["image_digest"], data.get("image_name", ""), data.get("distro", ""),
-                   [Package(**p) for p in data["packages"]], history)
+        history = [
+            LayerChange(h["digest"], [Package(**p) for p in h["added"]], [Package(**p) for p in h["removed"]])
+            for h in data.get("history") or []
+        ]
+        return cls(
+            data["image_digest"],
+            data.get("image_name", ""),
+            data.get("distro", ""),
+            [Package(**p) for p in data["packages"]],
+            history,
+        )
 
     def ecosystem(self, package: Package) -> str:
         """The OSV ecosystem a package's advisories are filed under."""
@@ -80,6 +86,7 @@ class Sbom:
 
 
 # ------------------------------------------------------------------------------------------- parsers
+
 
 def _stanzas(text: str) -> list[dict[str, str]]:
     """RFC 822-style paragraphs (dpkg status): `Field: value`, continuation lines start with a space."""
@@ -113,8 +120,11 @@ def parse_dpkg_status(text: str, location: str) -> list[Package]:
         if status is not None and status.split()[-1:] != ["installed"]:
             continue  # removed, config-files only, half-installed
         source = stanza.get("Source", "").split(" ")[0]
-        packages.append(Package("deb", name, version, location, source=source or name,
-                                arch=stanza.get("Architecture", "")))
+        packages.append(
+            Package(
+                "deb", name, version, location, source=source or name, arch=stanza.get("Architecture", "")
+            )
+        )
     return packages
 
 
@@ -126,8 +136,17 @@ def parse_apk_installed(text: str, location: str) -> list[Package]:
             if len(line) > 2 and line[1] == ":":
                 fields.setdefault(line[0], line[2:])
         if fields.get("P") and fields.get("V"):
-            packages.append(Package("apk", fields["P"], fields["V"], location, source=fields.get("o", fields["P"]),
-                                    arch=fields.get("A", ""), license=fields.get("L", "")))
+            packages.append(
+                Package(
+                    "apk",
+                    fields["P"],
+                    fields["V"],
+                    location,
+                    source=fields.get("o", fields["P"]),
+                    arch=fields.get("A", ""),
+                    license=fields.get("L", ""),
+                )
+            )
     return packages
 
 
@@ -147,12 +166,22 @@ def parse_package_json(text: str, location: str) -> list[Package]:
         data = json.loads(text)
     except ValueError:
         return []
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(
-            data.get("version"), str):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("name"), str)
+        or not isinstance(data.get("version"), str)
+    ):
         return []
     license_value = data.get("license")
-    return [Package("npm", data["name"], data["version"], location,
-                    license=license_value if isinstance(license_value, str) else "")]
+    return [
+        Package(
+            "npm",
+            data["name"],
+            data["version"],
+            location,
+            license=license_value if isinstance(license_value, str) else "",
+        )
+    ]
 
 
 def _is_node_module_manifest(parts: list[str]) -> bool:
@@ -165,23 +194,33 @@ def package_file_kind(path: str) -> str | None:
     """Which parser reads the file at this (normalised, relative) path, if any."""
     if path == DPKG_STATUS:
         return "dpkg"
-    if path.startswith(DPKG_STATUS_D) and "/" not in path[len(DPKG_STATUS_D):] and not path.endswith(".md5sums"):
+    if (
+        path.startswith(DPKG_STATUS_D)
+        and "/" not in path[len(DPKG_STATUS_D) :]
+        and not path.endswith(".md5sums")
+    ):
         return "dpkg"
     if path == APK_INSTALLED:
         return "apk"
     if path in OS_RELEASE:
         return "os-release"
     parts = path.split("/")
-    if len(parts) >= 2 and ((parts[-2].endswith(".dist-info") and parts[-1] == "METADATA")
-                            or (parts[-2].endswith(".egg-info") and parts[-1] == "PKG-INFO")):
+    if len(parts) >= 2 and (
+        (parts[-2].endswith(".dist-info") and parts[-1] == "METADATA")
+        or (parts[-2].endswith(".egg-info") and parts[-1] == "PKG-INFO")
+    ):
         return "python"
     if parts[-1] == "package.json" and _is_node_module_manifest(parts):
         return "npm"
     return None
 
 
-_PARSERS = {"dpkg": parse_dpkg_status, "apk": parse_apk_installed, "python": parse_python_metadata,
-            "npm": parse_package_json}
+_PARSERS = {
+    "dpkg": parse_dpkg_status,
+    "apk": parse_apk_installed,
+    "python": parse_python_metadata,
+    "npm": parse_package_json,
+}
 
 
 def distro_ecosystem(os_release: str) -> str:
@@ -202,6 +241,7 @@ def distro_ecosystem(os_release: str) -> str:
 
 # ----------------------------------------------------------------------------------------- layers
 
+
 def _normalise(name: str) -> str:
     path = posixpath.normpath("/" + name).lstrip("/")
     return "" if path == "." else path
@@ -211,13 +251,14 @@ def _under(path: str, directory: str) -> bool:
     return not directory or path == directory or path.startswith(directory + "/")
 
 
-def read_layer(data: bytes, digest: str) -> tuple[list[str], list[str], dict[str, str]]:
-    """(whited-out paths, opaque directories, package files {path: text}) of one uncompressed layer tar."""
+def read_layer(stream: BinaryIO, digest: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """(whited-out paths, opaque directories, package files {path: text}) of one uncompressed layer tar,
+    read as a stream: only package files are held in memory."""
     whiteouts: list[str] = []
     opaque: list[str] = []
     files: dict[str, str] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
                 path = _normalise(member.name)
                 directory, base = posixpath.split(path)
@@ -225,7 +266,7 @@ def read_layer(data: bytes, digest: str) -> tuple[list[str], list[str], dict[str
                     opaque.append(directory)
                     continue
                 if base.startswith(WHITEOUT):
-                    whiteouts.append(posixpath.join(directory, base[len(WHITEOUT):]))
+                    whiteouts.append(posixpath.join(directory, base[len(WHITEOUT) :]))
                     continue
                 if not member.isfile():
                     if member.isdir() or member.issym() or member.islnk():
@@ -249,7 +290,8 @@ def build_sbom(image: Image) -> Sbom:
     present: dict[tuple[str, str, str, str], Package] = {}
     history: list[LayerChange] = []
     for index, ref in enumerate(image.layers):
-        whiteouts, opaque, files = read_layer(image.layer_bytes(index), ref.digest)
+        with image.open_layer(index) as stream:
+            whiteouts, opaque, files = read_layer(stream, ref.digest)
         for directory in opaque:
             for path in [p for p in live if _under(p, directory) and p != directory]:
                 del live[path]
@@ -266,8 +308,11 @@ def build_sbom(image: Image) -> Sbom:
             for package in parser(text, path):
                 earlier = present.get(package.key)
                 current[package.key] = earlier if earlier is not None else _with_layer(package, ref.digest)
-        change = LayerChange(ref.digest, [p for k, p in current.items() if k not in present],
-                             [p for k, p in present.items() if k not in current])
+        change = LayerChange(
+            ref.digest,
+            [p for k, p in current.items() if k not in present],
+            [p for k, p in present.items() if k not in current],
+        )
         history.append(change)
         present = current
     distro = ""
@@ -280,5 +325,13 @@ def build_sbom(image: Image) -> Sbom:
 
 
 def _with_layer(package: Package, layer: str) -> Package:
-    return Package(package.kind, package.name, package.version, package.location, package.source,
-                   package.arch, package.license, layer)
+    return Package(
+        package.kind,
+        package.name,
+        package.version,
+        package.location,
+        package.source,
+        package.arch,
+        package.license,
+        layer,
+    )

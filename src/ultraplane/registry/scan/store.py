@@ -96,8 +96,10 @@ class Scanner:
         for digest, now in fresh.items():
             before = {f.key: f for f in self.findings.get(digest, [])}
             after = {f.key: f for f in now}
-            change = FindingsChange([f for k, f in after.items() if k not in before],
-                                    [f for k, f in before.items() if k not in after])
+            change = FindingsChange(
+                [f for k, f in after.items() if k not in before],
+                [f for k, f in before.items() if k not in after],
+            )
             if change:
                 changes[digest] = change
         self.index, self.findings = index, fresh

@@ -80,7 +80,7 @@ def parse_dpkg(version: str) -> tuple[int, str, str]:
         if not _DPKG_EPOCH.match(epoch_text):
             raise VersionError(f"dpkg version {version!r}: epoch in version is not number")
         epoch = int(epoch_text)
-    upstream, revision = (text.rsplit("-", 1) if "-" in text else (text, ""))
+    upstream, revision = text.rsplit("-", 1) if "-" in text else (text, "")
     if not upstream:
         raise VersionError(f"dpkg version {version!r}: nothing after colon in version number")
     if not upstream[0].isdigit():
@@ -118,7 +118,9 @@ ApkToken = tuple[int, object]
 def parse_apk(version: str) -> tuple[ApkToken, ...]:
     match = _APK_VERSION.match(version)
     if match is None:
-        raise VersionError(f"apk version {version!r}: not digit{{.digit}}...{{letter}}{{_suf{{#}}}}...{{-r#}}")
+        raise VersionError(
+            f"apk version {version!r}: not digit{{.digit}}...{{letter}}{{_suf{{#}}}}...{{-r#}}"
+        )
     tokens: list[ApkToken] = []
     for index, digits in enumerate(match["digits"].split(".")):
         tokens.append((_DIGIT, (index, digits)))
@@ -168,6 +170,7 @@ def compare_apk(a: str, b: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------- PyPI, npm
+
 
 @functools.lru_cache(maxsize=65536)
 def parse_pep440(version: str) -> Version:
