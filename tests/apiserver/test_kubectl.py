@@ -378,3 +378,35 @@ def test_get_watch_prints_table_rows(cluster: Cluster) -> None:
         watcher.wait(30)
     assert lines[0] == ["EVENT", "NAME", "DATA", "AGE"]
     assert [row[:3] for row in lines[1:]] == [["ADDED", "seen", "2"], ["DELETED", "seen", "2"]]
+
+
+def test_networking_resources_are_served(cluster: Cluster) -> None:
+    ns = "netpol-test"
+    cluster.ok("create", "namespace", ns)
+    cluster.ok("apply", "-n", ns, "-f", "-", input="""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-web}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop}
+spec:
+  rules:
+  - host: shop.example.com
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+""")
+    policy = cluster.json("get", "networkpolicy", "-n", ns, "allow-web")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert "app=api" in cluster.ok("get", "netpol", "-n", ns)
+    assert "shop.example.com" in cluster.ok("get", "ingress", "-n", ns)
+    bad = cluster.kubectl("apply", "-n", ns, "-f", "-", input=(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\n"
+        "spec: {podSelector: {}, policyTypes: [Sideways]}\n"))
+    assert bad.returncode != 0 and "Sideways" in bad.stderr

@@ -12,6 +12,7 @@ import ipaddress
 from typing import Any
 
 from ultraplane.apiserver.registry import Column, Obj, Strategy, now_rfc3339
+from ultraplane.apiserver.validation import not_supported
 
 # ============================================================================ formatting
 NAME_DESCRIPTION = (
@@ -753,6 +754,53 @@ def self_subject_review(review: Obj, user: Any) -> Obj:
     return review
 
 
+def networkpolicy_defaults(obj: Obj) -> None:
+    """kube's defaulting: policyTypes from the rules present (Ingress always, Egress with egress rules); ports TCP."""
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("podSelector", {})
+    if not spec.get("policyTypes"):
+        spec["policyTypes"] = ["Ingress", *(["Egress"] if spec.get("egress") else [])]
+    for direction in ("ingress", "egress"):
+        for rule in spec.get(direction) or []:
+            for port in (rule or {}).get("ports") or []:
+                port.setdefault("protocol", "TCP")
+
+
+def networkpolicy_validate(obj: Obj, _old: Obj | None) -> list[Any]:
+    """kube's ValidateNetworkPolicySpec checks the enums the OpenAPI schema leaves open."""
+    spec = obj.get("spec") or {}
+    causes = [not_supported(f"spec.policyTypes[{i}]", kind, ["Ingress", "Egress"])
+              for i, kind in enumerate(spec.get("policyTypes") or []) if kind not in ("Ingress", "Egress")]
+    for direction in ("ingress", "egress"):
+        for r, rule in enumerate(spec.get(direction) or []):
+            for p, port in enumerate((rule or {}).get("ports") or []):
+                if port.get("protocol") not in ("TCP", "UDP", "SCTP"):
+                    causes.append(not_supported(f"spec.{direction}[{r}].ports[{p}].protocol", port.get("protocol"),
+                                                ["SCTP", "TCP", "UDP"]))
+    return causes
+
+
+def networkpolicy_row(obj: Obj, now: dt.datetime) -> list[Any]:
+    selector = (obj.get("spec") or {}).get("podSelector") or {}
+    labels = ",".join(f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items()))
+    return [obj["metadata"]["name"], labels or "<none>", age(obj, now)]
+
+
+def ingress_row(obj: Obj, now: dt.datetime) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    hosts = [r.get("host") or "*" for r in spec.get("rules") or []] or ["*"]
+    addresses = [i.get("ip") or i.get("hostname", "") for i in (status.get("loadBalancer") or {}).get("ingress") or []]
+    return [obj["metadata"]["name"], spec.get("ingressClassName") or "<none>", ",".join(hosts),
+            ",".join(addresses), "80, 443" if spec.get("tls") else "80", age(obj, now)]
+
+
+def ingressclass_row(obj: Obj, now: dt.datetime) -> list[Any]:
+    spec = obj.get("spec") or {}
+    params = spec.get("parameters") or {}
+    shown = f"{params.get('apiGroup', '')}/{params.get('kind', '')}/{params.get('name', '')}" if params else "<none>"
+    return [obj["metadata"]["name"], spec.get("controller", ""), shown, age(obj, now)]
+
+
 def wide(*names: str) -> list[Column]:
     return [Column(n, "string", "", "", 1) for n in names]
 
@@ -885,6 +933,14 @@ def builtin_strategies() -> list[Strategy]:
           short_names=["pc"],
           columns=[NAME(), C("Value", "integer"), C("Global-Default", "boolean"), AGE(), C("PreemptionPolicy")],
           row=priorityclass_row),
+        s("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", short_names=["netpol"],
+          generation=True, defaults=networkpolicy_defaults, validate=networkpolicy_validate,
+          columns=[NAME(), C("Pod-Selector"), AGE()], row=networkpolicy_row),
+        s("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", short_names=["ing"], storage="ingress",
+          subresources=("status",), generation=True,
+          columns=[NAME(), C("Class"), C("Hosts"), C("Address"), C("Ports"), AGE()], row=ingress_row),
+        s("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", namespaced=False,
+          generation=True, columns=[NAME(), C("Controller"), C("Parameters"), AGE()], row=ingressclass_row),
         s("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "", namespaced=False,
           verbs=("create",), create_handler=self_subject_review),
         s("batch", "v1", "CronJob", "cronjobs", "cronjob", short_names=["cj"], categories=["all"],

@@ -14,6 +14,7 @@ from ultraplane.cli import controllers as controllers_cmd
 from ultraplane.cli import fleet as fleet_cmd
 from ultraplane.cli import mcp as mcp_cmd
 from ultraplane.cli import natscluster as natscluster_cmd
+from ultraplane.cli import netobs as netobs_cmd
 from ultraplane.cli import nodes as nodes_cmd
 from ultraplane.cli import partitions as partitions_cmd
 from ultraplane.cli import registry as registry_cmd
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     compose_cmd.add_parser(sub)
     registry_cmd.add_parser(sub)
     registryscan_cmd.add_parser(sub)
+    netobs_cmd.add_parser(sub)
     fleet_cmd.add_parser(sub)
     return parser
 
