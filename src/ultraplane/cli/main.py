@@ -17,6 +17,7 @@ from ultraplane.cli import natscluster as natscluster_cmd
 from ultraplane.cli import netobs as netobs_cmd
 from ultraplane.cli import nodes as nodes_cmd
 from ultraplane.cli import partitions as partitions_cmd
+from ultraplane.cli import provisioner as provisioner_cmd
 from ultraplane.cli import registry as registry_cmd
 from ultraplane.cli import registryscan as registryscan_cmd
 from ultraplane.cli import scheduler as scheduler_cmd
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes_cmd.add_parser(sub)
     mcp_cmd.add_parser(sub)
     compose_cmd.add_parser(sub)
+    provisioner_cmd.add_parser(sub)
     registry_cmd.add_parser(sub)
     registryscan_cmd.add_parser(sub)
     netobs_cmd.add_parser(sub)
