@@ -45,10 +45,15 @@ DISCOVERY_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscovery
 KUBE_VERSION = "v1.32.0"
 SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "scale": ["get", "patch", "update"],
                      "binding": ["create"], "finalize": ["update"], "eviction": ["create"], "log": ["get"],
-                     "token": ["create"]}
+                     "token": ["create"], "exec": ["create", "get"], "attach": ["create", "get"],
+                     "portforward": ["create", "get"]}
 # subresources answering with another kind than their resource's (discovery's responseKind)
 SUBRESOURCE_KINDS = {"scale": ("autoscaling", "v1", "Scale"), "binding": ("", "v1", "Binding"),
-                     "eviction": ("policy", "v1", "Eviction"), "token": ("authentication.k8s.io", "v1", "TokenRequest")}
+                     "eviction": ("policy", "v1", "Eviction"), "token": ("authentication.k8s.io", "v1", "TokenRequest"),
+                     "exec": ("", "v1", "PodExecOptions"), "attach": ("", "v1", "PodAttachOptions"),
+                     "portforward": ("", "v1", "PodPortForwardOptions")}
+# connect subresources: a WebSocket GET needs `create` as a POST does (kube's AuthorizePodWebsocketUpgrade...)
+CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
 
 
 @dataclass
@@ -339,6 +344,8 @@ class ApiServer:
             raise errors.method_not_allowed("the server does not allow this method on the requested resource")
         if not name and verb in ("list", "watch", "deletecollection"):
             name = name_from_field_selector(request.query.get("fieldSelector", ""))  # as kube's RequestInfo does
+        if verb == "get" and subresource in CONNECT_SUBRESOURCES and resource == "pods":
+            verb = "create"
         return RequestInfo(verb, parts[0], group, version, namespace, resource, name, subresource)
 
     # ================================================================ non-resource endpoints

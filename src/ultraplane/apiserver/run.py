@@ -40,6 +40,7 @@ from ultraplane.apiserver.resources import (
 )
 from ultraplane.apiserver.server import serve_http
 from ultraplane.apiserver.storage import Backend
+from ultraplane.apiserver.streaming import PodStreams
 
 log = logging.getLogger("ultraplane.apiserver")
 
@@ -193,6 +194,8 @@ async def start_apiserver(backend: Backend, cfg: ApiserverConfig, files: Apiserv
     # kube-apiserver proxies to the node's kubelet; nodes without one read the in-memory source
     kubelet_logs = KubeletLogSource(registry, log_source, files.admin_cert, files.admin_key)
     app.subresource_handlers[("pods", "log")] = podlogs.PodLogs(registry, kubelet_logs).serve
+    # pods/exec, attach, portforward: the upgrade request proxied to the kubelet (streaming.py)
+    PodStreams(registry, files.admin_cert, files.admin_key).install(app.subresource_handlers)
     app.subresource_handlers[("pods", "eviction")] = restriction.guard_eviction(disruption.serve)
     await bootstrap(registry, allocator, cfg.host, cfg.port)
     # the aggregation layer: local APIServices of what is served, availability, proxying

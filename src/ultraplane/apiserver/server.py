@@ -34,6 +34,26 @@ class Request:
     body: bytes
     peer_cert: dict[str, Any] | None  # ssl.SSLObject.getpeercert() of a verified client certificate
     remote: str = ""
+    raw_query: str = ""  # the query string as sent: repeated parameters (exec's `command`) live here
+
+
+class Tunnel:
+    """The raw byte stream of a connection after a 101 Switching Protocols answer (WebSocket, SPDY)."""
+
+    def __init__(self, protocol: HttpProtocol) -> None:
+        self.protocol = protocol
+        self.reader = asyncio.StreamReader(limit=2 ** 20)
+
+    def write(self, data: bytes) -> None:
+        if not self.protocol.closed and self.protocol.transport is not None:
+            self.protocol.transport.write(data)
+
+    async def drain(self) -> None:
+        if not self.protocol.drained.is_set():
+            await self.protocol.drained.wait()
+
+    def close(self) -> None:
+        self.protocol.close()
 
 
 @dataclass
@@ -43,6 +63,8 @@ class Response:
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
     stream: AsyncIterator[bytes] | None = None  # chunked body (watch)
+    # after a 101 answer: the connection is handed to this coroutine (pods/exec, attach, portforward)
+    upgrade: Callable[[Tunnel], Awaitable[None]] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -50,7 +72,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("handler", "transport", "buf", "busy", "peer_cert", "remote", "closed", "task", "drained",
-                 "continued", "discard", "pending_failure")
+                 "continued", "discard", "pending_failure", "tunnel")
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -66,6 +88,7 @@ class HttpProtocol(asyncio.Protocol):
         self.continued = False
         self.discard = 0
         self.pending_failure: tuple[int, bytes] | None = None
+        self.tunnel: Tunnel | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -78,6 +101,8 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.drained.set()
+        if self.tunnel is not None:
+            self.tunnel.reader.feed_eof()
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -88,6 +113,9 @@ class HttpProtocol(asyncio.Protocol):
         self.drained.set()
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.reader.feed_data(data)
+            return
         if self.discard > 0:
             self.discard -= len(data)
             if self.discard <= 0 and self.pending_failure is not None:
@@ -151,7 +179,7 @@ class HttpProtocol(asyncio.Protocol):
         self.continued = False
         path, _, query_string = target.partition("?")
         query = dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
-        request = Request(method, unquote(path), query, headers, body, self.peer_cert, self.remote)
+        request = Request(method, unquote(path), query, headers, body, self.peer_cert, self.remote, query_string)
         self.busy = True
         self.task = asyncio.get_running_loop().create_task(self.run(request))
 
@@ -163,6 +191,9 @@ class HttpProtocol(asyncio.Protocol):
                 log.exception("handler failed for %s %s", request.method, request.path)
                 response = Response(500, b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
                                     b'"message":"Internal error occurred","reason":"InternalError","code":500}')
+            if response.upgrade is not None and response.status == 101:
+                await self.switch(response)
+                return
             keep_alive = request.headers.get("connection", "").lower() != "close"
             await self.send(response, keep_alive)
             if not keep_alive:
@@ -209,6 +240,21 @@ class HttpProtocol(asyncio.Protocol):
                 await aclose()
         if not self.closed:
             transport.write(b"0\r\n\r\n")
+
+    async def switch(self, response: Response) -> None:
+        """Answer 101 and give the connection (and any bytes already read) to the upgrade handler."""
+        assert self.transport is not None and response.upgrade is not None
+        head = ["HTTP/1.1 101 Switching Protocols\r\n"]
+        head.extend(f"{name}: {value}\r\n" for name, value in response.headers)
+        self.transport.write(("".join(head) + "\r\n").encode("latin-1"))
+        tunnel = self.tunnel = Tunnel(self)
+        if self.buf:
+            tunnel.reader.feed_data(bytes(self.buf))
+            self.buf.clear()
+        try:
+            await response.upgrade(tunnel)
+        finally:
+            self.close()
 
     def fail(self, status: int, body: bytes = b"") -> None:
         """Answer a request we will not read, and close: the rest of its bytes cannot be framed."""

@@ -6,6 +6,9 @@ serves a self-signed certificate and authenticates callers by client certificate
 the cluster CA of the kubeconfig (the API server's kubelet-client certificate, or an admin's).
 
   GET  /containerLogs/{namespace}/{pod}/{container}?follow&previous&tailLines&timestamps&limitBytes&sinceSeconds
+  GET|POST /exec/{namespace}/{pod}/{container}?command&input&output&error&tty   WebSocket (nodes/exec.py)
+  GET|POST /attach/{namespace}/{pod}/{container}?input&output&error&tty
+  GET|POST /portForward/{namespace}/{pod}?port
   GET  /healthz
   GET  /admin/summary                    the simulator's counters
   GET  /admin/nodes                      the counters and every node's state
@@ -21,12 +24,14 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import orjson
 
 from ultraplane import pki
 from ultraplane.apiserver.podlogs import format_timestamp
 from ultraplane.apiserver.server import Request, Response, serve_http
+from ultraplane.nodes.exec import ContainerStreams, Refusal
 from ultraplane.nodes.sim import NodeSimulator, PodState
 from ultraplane.nodes.startup import LOG_INTERVAL, log_lines
 
@@ -46,6 +51,11 @@ class KubeletServer:
         self.port = port
         self.client_ca = client_ca
         self.listener: asyncio.Server | None = None
+        self.streams = ContainerStreams(self._pod)
+
+    def _pod(self, namespace: str, name: str) -> PodState | None:
+        state = self.sim.by_key.get((namespace, name))
+        return state if state is not None and state.node.alive else None
 
     def _context(self) -> ssl.SSLContext:
         directory = Path(tempfile.mkdtemp(prefix="ultraplane-kubelet-"))
@@ -75,10 +85,26 @@ class KubeletServer:
             return _text(200, "ok")
         if request.method == "GET" and len(parts) == 4 and parts[0] == "containerLogs":
             return self.container_logs(parts[1], parts[2], parts[3], request.query)
+        if request.method in ("GET", "POST") and parts and parts[0] in ("exec", "attach", "portForward"):
+            return self.stream(request, parts)
         if request.method == "GET" and parts == ["admin", "summary"]:  # counters only: cheap at 100k nodes
             return Response(200, orjson.dumps(self.sim.summary()))
         if parts[:2] == ["admin", "nodes"]:
             return self.admin(request.method, parts[2:])
+        return _text(404, "404 page not found")
+
+    # ------------------------------------------------------------------ exec, attach, port-forward
+    def stream(self, request: Request, parts: list[str]) -> Response:
+        query = parse_qs(request.raw_query, keep_blank_values=True)
+        try:
+            if parts[0] == "exec" and len(parts) == 4:
+                return self.streams.exec(request, query, parts[1], parts[2], parts[3])
+            if parts[0] == "attach" and len(parts) == 4:
+                return self.streams.attach(request, query, parts[1], parts[2], parts[3])
+            if parts[0] == "portForward" and len(parts) == 3:
+                return self.streams.portforward(request, query, parts[1], parts[2])
+        except Refusal as exc:
+            return _text(exc.status, str(exc))
         return _text(404, "404 page not found")
 
     # ------------------------------------------------------------------ admin
