@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import gzip
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -307,6 +308,15 @@ class ContainerStreams:
     async def _script(self, s: Session, state: PodState, container: str, script: str) -> tuple[int, bool]:
         """One script in the container: its status and whether it called `exit`."""
         script = _with_outputs(_unrolled(script), state)
+        compress = _GZIP_TAIL.match(script)
+        if compress:  # `... | gzip`: the left side's bytes, compressed (the interpreter's lines are text)
+            left = compress.group(1)
+            outcome = interpret(["sh", "-c", left], batch=True, exists=self._exists(state, container))
+            newline = "" if _ECHO_N.match(left) else "\n"
+            data = "".join(line + newline for line in outcome.output).encode()
+            if s.opts.stdout:
+                s.ws.send(STDOUT, gzip.compress(data, mtime=0))
+            return outcome.status, outcome.exited
         outcome = interpret(["sh", "-c", script], batch=True, exists=self._exists(state, container))
         mine = self.files.setdefault((state.uid, container), {})
         for _at, path, present in outcome.files:
@@ -322,7 +332,8 @@ class ContainerStreams:
 
     async def _run(self, s: Session, state: PodState, container: str, argv: list[str]) -> int:
         program = argv[0].rsplit("/", 1)[-1]
-        if program == "cat" and len(argv) == 1:  # echo stdin until it ends
+        inline = _script_text(argv).strip() if program in SHELLS else ""
+        if program == "cat" and len(argv) == 1 or inline in ("cat", "exec cat", "cat -"):  # echo stdin to EOF
             while (data := await s.stdin.get()) is not None:
                 if s.opts.stdout:
                     s.ws.send(STDOUT, data)
@@ -503,6 +514,8 @@ WELCOME = (b"<!DOCTYPE html>\n<html>\n<head><title>Welcome to nginx!</title></he
 
 _FOR = re.compile(r"\bfor\s+(\w+)\s+in\s+([^;]*);\s*do\s+(.*?);?\s*done\b")
 _SEQ = re.compile(r"^\$\(seq\s+(\d+)(?:\s+(\d+))?\)$")
+_GZIP_TAIL = re.compile(r"^(.*?)\|\s*gzip(?:\s+-[cf]+)*\s*$", re.S)
+_ECHO_N = re.compile(r"^\s*echo\s+-n\b")
 _SIMULATED = re.compile(r"(^|[;&|]\s*)(date|uptime|hostname|whoami|pwd)(?=\s*($|[;&|]))")
 
 
