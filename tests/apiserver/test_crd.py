@@ -546,10 +546,11 @@ def test_invalid_crds_are_refused_with_kubes_messages(api: client.ApiClient) -> 
     causes = [(c["field"], c["message"]) for c in body["details"]["causes"]]
     assert causes[0] == ("metadata.name", 'Invalid value: "wrong.stable.example.com": must be '
                                           'spec.names.plural+"."+spec.group')
-    assert ("spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[x].type",
-            "Required value: must not be empty for specified object fields") in causes
-    assert causes[-1][0] == "spec.versions"
-    assert causes[-1][1].endswith(": must have exactly one version marked as storage version")
+    # kube's v1 conversion moves a schema every version shares to spec.validation, checked after the versions
+    assert causes[-1] == ("spec.validation.openAPIV3Schema.properties[spec].properties[x].type",
+                          "Required value: must not be empty for specified object fields")
+    assert causes[-2][0] == "spec.versions"
+    assert causes[-2][1].endswith(": must have exactly one version marked as storage version")
     assert body["message"].startswith(
         'CustomResourceDefinition.apiextensions.k8s.io "wrong.stable.example.com" is invalid: [metadata.name: ')
     no_schema = yaml.safe_load(CRONTAB_CRD)
@@ -568,7 +569,7 @@ def test_invalid_crds_are_refused_with_kubes_messages(api: client.ApiClient) -> 
     spec_props["image"]["x-kubernetes-preserve-unknown-fields"] = False
     with pytest.raises(ApiException) as invalid:
         ext.create_custom_resource_definition(bad_default)
-    prefix = "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties"
+    prefix = "spec.validation.openAPIV3Schema.properties[spec].properties"
     assert [(c["field"], c["message"]) for c in status_body(invalid)["details"]["causes"]] == [
         (f"{prefix}[image].x-kubernetes-preserve-unknown-fields", "Invalid value: false: must be true or undefined"),
         (f"{prefix}[limits].default", 'Invalid value: {"cpu":"1","gpu":"2"}: must not have unknown fields')]

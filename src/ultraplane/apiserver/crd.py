@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ultraplane.apiserver import crdschema, errors
+from ultraplane.apiserver import celvalidation, crdschema, errors
 from ultraplane.apiserver import validation as v
 from ultraplane.apiserver.crdopenapi import CustomOpenApi
 from ultraplane.apiserver.registry import (
@@ -159,14 +159,33 @@ def _versions_invalid(versions: list[Any], detail: str) -> v.Cause:
             "message": f"Invalid value: {_go_versions(versions)}: {detail}"}
 
 
-def version_causes(ver: dict[str, Any], path: str) -> list[v.Cause]:
-    """ValidateCustomResourceDefinitionVersion: schema, subresources, printer columns (kube's order)."""
+def schema_causes(schema: Any, path: str) -> list[v.Cause]:
+    """A openAPIV3Schema's structural checks, then (on a sound schema) its CEL rules' compilation."""
+    causes = crdschema.structural_causes(schema, path)
+    if not causes and celvalidation.has_rules(schema):
+        causes = celvalidation.compile_schema(schema, path)[1]
+    return causes
+
+
+def version_causes(ver: dict[str, Any], path: str, hoisted: bool = False) -> list[v.Cause]:
+    """ValidateCustomResourceDefinitionVersion: schema, subresources, printer columns (kube's order).
+    ``hoisted``: the schema is identical in every version and is checked once as spec.validation."""
     schema = (ver.get("schema") or {}).get("openAPIV3Schema")
-    if schema is None:
+    if hoisted:
+        causes = []
+    elif schema is None:
         causes = [v.required(f"{path}.schema.openAPIV3Schema", "schemas are required")]
     else:
-        causes = crdschema.structural_causes(schema, f"{path}.schema.openAPIV3Schema")
+        causes = schema_causes(schema, f"{path}.schema.openAPIV3Schema")
     return causes + _scale_causes(ver, path) + _column_causes(ver, path)
+
+
+def hoisted_schema(versions: list[dict[str, Any]]) -> Any:
+    """The schema kube's v1 -> internal conversion moves to spec.validation: the one every version has."""
+    if not versions or not isinstance((versions[0].get("schema") or {}).get("openAPIV3Schema"), dict):
+        return None
+    first = versions[0].get("schema")
+    return first["openAPIV3Schema"] if all(ver.get("schema") == first for ver in versions) else None
 
 
 def _scale_causes(ver: dict[str, Any], path: str) -> list[v.Cause]:
@@ -232,13 +251,14 @@ def crd_validate(obj: Obj, old: Obj | None) -> list[v.Cause]:
     versions = [ver for ver in spec.get("versions") or [] if isinstance(ver, dict)]
     seen: set[str] = set()
     unique = True
+    shared_schema = hoisted_schema(versions)
     for i, ver in enumerate(versions):
         vname = ver.get("name") or ""
         if vname in seen:
             unique = False
         seen.add(vname)
         causes += _label_causes(f"spec.versions[{i}].name", vname)  # "" fails the label rule too, as in kube
-        causes += version_causes(ver, f"spec.versions[{i}]")
+        causes += version_causes(ver, f"spec.versions[{i}]", hoisted=shared_schema is not None)
     if not unique:
         causes.append(_versions_invalid(versions, "must contain unique version names"))
     if sum(1 for ver in versions if ver.get("storage")) != 1:
@@ -247,6 +267,8 @@ def crd_validate(obj: Obj, old: Obj | None) -> list[v.Cause]:
         if not names.get(key):
             causes.append(v.required(f"spec.names.{key}"))
     causes += names_causes(names, "spec.names")
+    if shared_schema is not None:
+        causes += schema_causes(shared_schema, "spec.validation.openAPIV3Schema")
     if spec.get("preserveUnknownFields") is True:
         causes.append(v.invalid("spec.preserveUnknownFields", True, "cannot set to true, set "
                                 "x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead"))
@@ -326,10 +348,18 @@ def _cr_strategy(group: str, ver: dict[str, Any], names: dict[str, Any], namespa
         if defaulted:
             crdschema.apply_defaults(obj, schema)
 
+    # x-kubernetes-validations: compiled once per CRD version (the CRD was refused if a rule did not compile)
+    rules = celvalidation.compile_schema(schema, "")[0] if celvalidation.has_rules(schema) else None
+
     def validate(obj: Obj, old: Obj | None) -> list[v.Cause]:
         causes = crdschema.validate(obj, schema)
         # CRDValidationRatcheting (on by default since 1.30): errors in parts an update left alone pass
-        return causes if old is None or not causes else crdschema.ratchet(causes, obj, old)
+        if old is not None and causes:
+            causes = crdschema.ratchet(causes, obj, old)
+        if rules is not None:
+            blocking = celvalidation.blocked(causes)
+            causes = [*causes, blocking] if blocking is not None else [*causes, *rules.validate(obj, old)]
+        return causes
 
     has_status = "status" in (ver.get("subresources") or {})
 

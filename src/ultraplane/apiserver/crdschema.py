@@ -6,7 +6,7 @@ integer: \"string\"") turned into field errors by apiextensions-apiserver (TypeI
 NotSupported for enums, TooLong, TooMany, Invalid for the rest). Paths follow kube-openapi: fields
 joined with ``.``, array items as ``[i]``.
 
-``x-kubernetes-validations`` (CEL rules) are accepted in schemas but not evaluated.
+``x-kubernetes-validations`` (CEL rules) are compiled and evaluated by ``celvalidation``.
 """
 
 from __future__ import annotations
@@ -606,7 +606,7 @@ def _strict(s: Schema) -> Schema:
 
 
 # ============================================================================ printer columns (JSONPath)
-_SEGMENT = re.compile(r"""\.([A-Za-z0-9_\-/$]+)|\[(\d+|\*)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*["']([^"']*)["']\)\]""")
+_SEGMENT = re.compile(r"""\.((?:[A-Za-z0-9_\-/$]|\\\.)+)|\[(\d+|\*)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*["']([^"']*)["']\)\]""")
 
 
 def compile_jsonpath(expr: str) -> list[tuple[str, Any]] | None:
@@ -623,7 +623,7 @@ def compile_jsonpath(expr: str) -> list[tuple[str, Any]] | None:
         if m is None:
             return None
         if m.group(1) is not None:
-            steps.append(("key", m.group(1)))
+            steps.append(("key", m.group(1).replace("\\.", ".")))  # `\.` escapes a dot in a key (label names)
         elif m.group(2) is not None:
             steps.append(("index", None if m.group(2) == "*" else int(m.group(2))))
         else:
