@@ -12,6 +12,7 @@ from ultraplane.cli import apiserver as apiserver_cmd
 from ultraplane.cli import compose as compose_cmd
 from ultraplane.cli import controllers as controllers_cmd
 from ultraplane.cli import fleet as fleet_cmd
+from ultraplane.cli import gitops as gitops_cmd
 from ultraplane.cli import mcp as mcp_cmd
 from ultraplane.cli import natscluster as natscluster_cmd
 from ultraplane.cli import netobs as netobs_cmd
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cmd.add_parser(sub)
     registryscan_cmd.add_parser(sub)
     netobs_cmd.add_parser(sub)
+    gitops_cmd.add_parser(sub)
     fleet_cmd.add_parser(sub)
     return parser
 
