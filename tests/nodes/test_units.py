@@ -295,3 +295,14 @@ def test_probe_timelines() -> None:
     assert [e[0] for e in entries[:3]] == [0.0, 3.0, 6.0] and all(e[1] == "unhealthy" for e in entries)
     # a command that ends just exits
     assert _timeline({"name": "c"}, RunPlan(2.0, 3)) == [(2.0, "exit", 3)]
+
+
+def test_a_probed_container_is_a_server_even_in_a_never_restarting_pod() -> None:
+    from ultraplane.nodes.startup import run_plan
+
+    pod = {"metadata": {}, "spec": {"restartPolicy": "Never"}}
+    server = {"name": "s", "image": "python", "command": ["python", "-u", "/opt/port-server.py", "1234"],
+              "startupProbe": {"tcpSocket": {"port": 1234}}}
+    step = {"name": "j", "image": "python", "command": ["python", "-u", "/opt/job.py"]}
+    assert run_plan(pod, server).seconds is None  # runs until stopped
+    assert run_plan(pod, step).seconds is not None  # a job-like step finishes

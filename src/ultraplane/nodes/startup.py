@@ -83,8 +83,9 @@ class PullModel:
     parallel_unpack: bool = True  # SOCI's parallel pull and unpack
     sandbox_seconds: float = 0.2  # pod sandbox and network setup
 
-    def pull_seconds(self, image: str, parallel: bool | None = None) -> float:
-        size = image_size_mb(image)
+    def pull_seconds(self, image: str, parallel: bool | None = None, size_mb: float | None = None) -> float:
+        """`size_mb`: the image's real size when a registry told it (else the well-known or default size)."""
+        size = image_size_mb(image) if size_mb is None else size_mb
         download, unpack = size / self.download_mbps, size / self.unpack_mbps
         return max(download, unpack) if (self.parallel_unpack if parallel is None else parallel) \
             else download + unpack
@@ -124,6 +125,12 @@ def job_like(pod: dict[str, Any]) -> bool:
         ref.get("kind") == "Job" for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
 
 
+def serves(container: dict[str, Any]) -> bool:
+    """A network probe (tcpSocket, httpGet, grpc) on any of the container's probes."""
+    return any(kind in (container.get(probe) or {}) for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+               for kind in ("tcpSocket", "httpGet", "grpc"))
+
+
 def run_plan(pod: dict[str, Any], container: dict[str, Any]) -> RunPlan:
     """What the container's command does, read by the shell interpreter (shell.py).
 
@@ -132,7 +139,9 @@ def run_plan(pod: dict[str, Any], container: dict[str, Any]) -> RunPlan:
     ends (`exit 3`, `sleep 5`, `false`) ends in any pod, and restartPolicy decides what follows.
     """
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    finite = job_like(pod)
+    # a container probed on a port is a server even in a restartPolicy: Never pod (the official client's
+    # port-forward e2e test runs `python port-server.py 1234` so, with a tcpSocket startupProbe)
+    finite = job_like(pod) and not serves(container)
     argv = argv_of(container)
     plan = RunPlan(BATCH_STEP_SECONDS if finite else None, 0, [])
     if argv:
