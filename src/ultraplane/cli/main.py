@@ -8,6 +8,7 @@ import logging
 import sys
 
 from ultraplane import __version__
+from ultraplane.cli import ack as ack_cmd
 from ultraplane.cli import apiserver as apiserver_cmd
 from ultraplane.cli import compose as compose_cmd
 from ultraplane.cli import controllers as controllers_cmd
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     registryscan_cmd.add_parser(sub)
     netobs_cmd.add_parser(sub)
     gitops_cmd.add_parser(sub)
+    ack_cmd.add_parser(sub)
     fleet_cmd.add_parser(sub)
     return parser
 
