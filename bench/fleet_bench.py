@@ -41,7 +41,7 @@ def start_fleet(root: Path, regions: str, per_region: int, node_type: str) -> su
     log = open(root / "fleet-up.log", "wb")  # noqa: SIM115 - lives as long as the fleet
     return subprocess.Popen([sys.executable, "-m", "ultraplane", "fleet", "up", "--data-dir", str(root),
                              "--regions", regions, "--clusters-per-region", str(per_region), "--node-type",
-                             node_type, "--unsafe-no-fsync"], stdout=log, stderr=subprocess.STDOUT)
+                             node_type, "--unsafe-no-fsync", "--registry-port", "0"], stdout=log, stderr=subprocess.STDOUT)
 
 
 async def wait_clusters(fleet: KubeClient, count: int, proc: subprocess.Popen[bytes], root: Path) -> None:

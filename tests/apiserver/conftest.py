@@ -95,7 +95,10 @@ class Cluster:
         self.etcd_port = free_port()
         self.spawn([*ultraplane_command(), "up", "--data-dir", str(self.work_dir / "data"),
                     "--etcd-port", str(self.etcd_port), "--secure-port", str(self.port), "--unsafe-no-fsync",
-                    *([] if "--nodes" in flags or "--node-type" in flags else ["--nodes", "0"]), *flags],
+                    *([] if "--nodes" in flags or "--node-type" in flags else ["--nodes", "0"]),
+                    # no registry unless a test asks for one: clusters of parallel modules would race for :5000
+                    *([] if "--registry-port" in flags or "--registry" in flags else ["--registry-port", "0"]),
+                    *flags],
                    "up")
         self.wait_ready()
 

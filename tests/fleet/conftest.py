@@ -62,7 +62,8 @@ def fleet() -> Iterator[Fleet]:
     log = open(root / "fleet-up.log", "wb")  # noqa: SIM115 - closed below
     f.proc = subprocess.Popen([*ultraplane_command(), "fleet", "up", "--data-dir", str(root), "--regions",
                                "r1,r2,r3", "--clusters-per-region", "1", "--nodes", "2", "--unsafe-no-fsync",
-                               "--cluster-failure-threshold", "6"], stdout=log, stderr=subprocess.STDOUT,
+                               "--cluster-failure-threshold", "6", "--registry-port", "0"], stdout=log,
+                              stderr=subprocess.STDOUT,
                               env=child_env())
     try:
         def ready() -> bool:

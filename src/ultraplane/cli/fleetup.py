@@ -39,6 +39,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--cluster-failure-threshold", type=float, default=30.0)
     parser.add_argument("--dashboard-port", type=int, default=0, help="port of the web dashboard (0: any free)")
     parser.add_argument("--unsafe-no-fsync", action="store_true", help="passed to every `up` (tests, demos)")
+    parser.add_argument("--registry-port", type=int, default=5000,
+                        help="port of the fleet's one registry (started by the fleet API's `up`; every member's "
+                             "kubelets pull from it; 0: none)")
     parser.set_defaults(run=run)
 
 
@@ -74,9 +77,24 @@ def plan_members(args: argparse.Namespace, root: Path) -> list[Planned]:
     return planned
 
 
-def up_command(data_dir: Path, port: int, nodes: int, node_type: str, no_fsync: bool, fleet: bool) -> list[str]:
+def registry_flags(fleet_dir: Path, registry_port: int) -> tuple[list[str], list[str]]:
+    """(flags of the fleet API's `up`, which runs the registry; flags of each member `up`, which uses it).
+    The CA and the kubelets' pull credentials are made here, before any `up` starts and reads them."""
+    if not registry_port:
+        return ["--registry-port", "0"], ["--registry-port", "0"]
+    from ultraplane.registry.server import RegistryConfig, ensure_pull_user, prepare
+
+    files = prepare(RegistryConfig(fleet_dir / "registry", "127.0.0.1", registry_port, pki_dir=fleet_dir / "pki"))
+    credentials = ensure_pull_user(fleet_dir / "registry")
+    return (["--registry-port", str(registry_port)],
+            ["--registry", f"https://127.0.0.1:{registry_port}", "--registry-ca-file", str(files.ca_cert),
+             "--registry-credentials-file", str(credentials)])
+
+
+def up_command(data_dir: Path, port: int, nodes: int, node_type: str, no_fsync: bool, fleet: bool,
+               registry: list[str] | None = None) -> list[str]:
     argv = [sys.executable, "-m", "ultraplane", "up", "--data-dir", str(data_dir), "--secure-port", str(port),
-            "--etcd-port", str(free_port())]
+            "--etcd-port", str(free_port()), *(registry or [])]
     if fleet:
         argv += ["--nodes", "0", "--no-scheduler", "--no-controllers"]
     elif node_type:
@@ -120,6 +138,7 @@ async def _up(args: argparse.Namespace) -> int:
     fleet_dir = root / "fleet"
     fleet_port = args.fleet_port or free_port()
     members = plan_members(args, root)
+    fleet_registry, member_registry = registry_flags(fleet_dir, args.registry_port)
     procs: list[asyncio.subprocess.Process] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,7 +154,8 @@ async def _up(args: argparse.Namespace) -> int:
                 data_dir.mkdir(parents=True, exist_ok=True)
                 log = open(data_dir / "up.log", "ab")  # noqa: SIM115 - handed to the child for its lifetime
                 procs.append(await asyncio.create_subprocess_exec(
-                    *up_command(data_dir, port, args.nodes, args.node_type, args.unsafe_no_fsync, is_fleet),
+                    *up_command(data_dir, port, args.nodes, args.node_type, args.unsafe_no_fsync, is_fleet,
+                                fleet_registry if is_fleet else member_registry),
                     stdout=log, stderr=log))
             await asyncio.gather(*(wait_ready(d / "kubeconfig", p) for d, p in
                                    zip([fleet_dir, *[m.data_dir for m in members]], procs, strict=True)))

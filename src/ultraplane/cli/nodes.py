@@ -62,6 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="first container restart back-off (the kubelet's 10s), doubling on each crash")
     parser.add_argument("--max-container-restart-period", type=float, default=300.0, metavar="SECONDS",
                         help="longest container restart back-off (kubelet's 5m; its back-off resets after twice this)")
+    parser.add_argument("--registry", default=None, metavar="URL",
+                        help="the cluster's registry (https://HOST:PORT): images naming HOST:PORT resolve to their "
+                             "digest and size through its API")
+    parser.add_argument("--registry-ca-file", default=None, metavar="FILE", help="CA that signed the registry's cert")
+    parser.add_argument("--registry-credentials-file", default=None, metavar="FILE",
+                        help="USER:PASSWORD the kubelets log in to the registry with (its token flow)")
     parser.add_argument("--kill", metavar="NODE", help="stop NODE's kubelet in its running simulator, then exit")
     parser.add_argument("--revive", metavar="NODE", help="restart NODE's kubelet in its running simulator")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "panic", "fatal"])
@@ -163,6 +169,10 @@ async def serve(args: argparse.Namespace, types: list) -> int:
                     pull=PullModel(args.download_mbps, args.unpack_mbps, args.parallel_unpack == "true"),
                     backoff=BackoffPolicy(args.crash_loop_backoff, args.max_container_restart_period),
                     ec2=Ec2Api(args.ec2_latency, args.ec2_qps, args.ec2_burst))
+    if args.registry:
+        from ultraplane.nodes.registrypull import RegistryPuller
+
+        cfg.registry = RegistryPuller.from_flags(args.registry, args.registry_ca_file, args.registry_credentials_file)
     ca, _, _ = kubeconfig_material(args.kubeconfig)
     # one keep-alive connection per write in flight (HTTP/1.1 serves one request at a time), plus the watch
     client = await KubeClient.from_kubeconfig(args.kubeconfig, max_connections=args.concurrency + 2)
@@ -189,4 +199,6 @@ async def serve(args: argparse.Namespace, types: list) -> int:
         await sim.stop()
         await kubelet.stop()
         await client.close()
+        if cfg.registry is not None:
+            await cfg.registry.close()
     return 0

@@ -33,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--public-host", default=None,
                         help="HOST[:PORT] that signatures name as the image's registry (default: request Host)")
     parser.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT to serve on (port 0: any free)")
+    parser.add_argument("--scan", action="store_true",
+                        help="attach an SPDX SBOM referrer to every pushed image (in the background)")
+    parser.add_argument("--advisories", default=None, metavar="DIR|ZIP",
+                        help="with --scan: OSV advisories; findings at GET /ultraplane/v1/findings/NAME@DIGEST")
+    parser.add_argument("--pki-dir", type=Path, default=None,
+                        help="CA and serving certificate directory (default DATA_DIR/pki; `up` passes its own)")
     parser.add_argument("--insecure-http", action="store_true", help="serve plain HTTP instead of TLS")
     parser.add_argument("--no-auth", action="store_true", help="let anyone pull, push and delete (no tokens)")
     parser.add_argument("--anonymous-pull", action="append", default=[], metavar="GLOB",
@@ -86,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
                             gc_interval=args.gc_interval, gc_grace=args.gc_grace, fsync=args.fsync,
                             max_uploads=args.max_uploads, max_blob_size=args.max_blob_size,
                             platform=PlatformConfig(args.sign_on_push, args.require_signature,
-                                                    args.lifecycle_interval, args.public_host))
+                                                    args.lifecycle_interval, args.public_host),
+                            pki_dir=args.pki_dir, scan=args.scan or bool(args.advisories),
+                            advisories=args.advisories)
     return run_loop(serve(config))
 
 

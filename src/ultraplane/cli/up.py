@@ -72,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="controllers the controller manager runs (kube's --controllers: '*,-foo')")
     parser.add_argument("--node-monitor-grace-period", default="40s",
                         help="passed to the controller manager: heartbeat grace before a node turns NotReady")
+    add_registry_flags(parser)
     from ultraplane.cli.nodes import add_node_flags
 
     add_node_flags(parser, ("--nodes",), "simulated nodes to start (`ultraplane nodes` as a child process; "
@@ -117,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold green]ultraplane is up[/] — Kubernetes API at https://{args.host}:{args.secure_port}, "
                       f"etcd v3 API at https://{args.host}:{args.etcd_port}")
         console.print(f"  kubectl --kubeconfig {kubeconfig} get ns")
+        if args.registry_port and not args.registry_url:
+            console.print(f"  registry at https://{args.host}:{args.registry_port} (CA {ca.cert}; user admin, "
+                          f"password in {data_dir / 'registry' / 'auth' / 'admin.password'})")
         console.print(
             "  ETCDCTL_API=3 etcdctl "
             f"--endpoints https://{args.host}:{args.etcd_port} --cacert {ca.cert} "
@@ -134,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     api_config.namespace_cleanup = args.no_controllers
     # Cluster components run as child processes against the admin kubeconfig: each is also a command.
     children: list[list[str]] = []
+    registry_command, registry_flags = registry_wiring(args, data_dir, pki_dir)
+    if registry_command:
+        children.append(registry_command)
     if not args.no_scheduler:
         children.append(component_command("scheduler", "--kubeconfig", str(kubeconfig)))
     if not args.no_controllers:
@@ -147,12 +154,44 @@ def run(args: argparse.Namespace) -> int:
             "nodes", "--kubeconfig", str(kubeconfig), "--kubelet-address", args.host,
             "--prefix-delegation", args.prefix_delegation, "--parallel-unpack", args.parallel_unpack,
             *(["--count", str(args.node_count)] if args.node_count is not None else []),
-            *(["--node-type", args.node_type] if args.node_type else [])))
+            *(["--node-type", args.node_type] if args.node_type else []), *registry_flags))
     try:
         return run_loop(serve(config, before_serve, api_config, files, announce, children))
     except UsageError as exc:
         log.error("%s", exc)
         return 1
+
+
+def add_registry_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry-port", type=int, default=5000,
+                        help="port of the cluster's OCI registry (`ultraplane registry` as a child: TLS from "
+                             "DATA_DIR/pki, token auth, data in DATA_DIR/registry, scan on push; 0: none)")
+    parser.add_argument("--registry", dest="registry_url", default=None, metavar="URL",
+                        help="use this registry (https://HOST:PORT, e.g. the fleet's) instead of starting one; "
+                             "with --registry-ca-file and --registry-credentials-file (USER:PASSWORD)")
+    parser.add_argument("--registry-ca-file", default=None, metavar="FILE", help="CA of --registry's certificate")
+    parser.add_argument("--registry-credentials-file", default=None, metavar="FILE",
+                        help="USER:PASSWORD the kubelets pull from --registry with")
+
+
+def registry_wiring(args: argparse.Namespace, data_dir: Path, pki_dir: Path) -> tuple[list[str], list[str]]:
+    """(the registry child's command or [], the flags that point `ultraplane nodes` at the registry)."""
+    if args.registry_url:
+        return [], ["--registry", args.registry_url,
+                    *(["--registry-ca-file", args.registry_ca_file] if args.registry_ca_file else []),
+                    *(["--registry-credentials-file", args.registry_credentials_file]
+                      if args.registry_credentials_file else [])]
+    if not args.registry_port:
+        return [], []
+    from ultraplane.registry.server import RegistryConfig, ensure_pull_user, prepare
+
+    registry_dir = data_dir / "registry"
+    files = prepare(RegistryConfig(registry_dir, args.host, args.registry_port, pki_dir=pki_dir))
+    credentials = ensure_pull_user(registry_dir)
+    command = component_command("registry", "--data-dir", str(registry_dir), "--pki-dir", str(pki_dir),
+                                "--listen", f"{args.host}:{args.registry_port}", "--scan")
+    return command, ["--registry", f"https://{args.host}:{args.registry_port}", "--registry-ca-file",
+                     str(files.ca_cert), "--registry-credentials-file", str(credentials)]
 
 
 def add_apiserver_flags(parser: argparse.ArgumentParser) -> None:

@@ -38,6 +38,13 @@ from ultraplane.nodes.containers import (
 from ultraplane.nodes.events import EventCorrelator, EventLog
 from ultraplane.nodes.ipam import Ec2Api, NodeAddresses, ZoneSubnet, zone_subnets
 from ultraplane.nodes.objects import LEASE_NAMESPACE, Obj
+from ultraplane.nodes.registrypull import (
+    PullFailed,
+    RegistryPuller,
+    ResolvedImage,
+    dockerconfig_credentials,
+    repository_of,
+)
 from ultraplane.nodes.startup import (
     PullModel,
     RunPlan,
@@ -77,6 +84,7 @@ class SimConfig:
     pull: PullModel = field(default_factory=PullModel)
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)  # container restarts: 10 s doubling to 5 min
     ec2: Ec2Api = field(default_factory=lambda: Ec2Api(latency=0.05))
+    registry: RegistryPuller | None = None  # the cluster's registry: its images resolve through its API
 
 
 POD, EVENT, LEASE, NODE_STATUS = 0, 1, 2, 3  # write lanes, most urgent first
@@ -652,15 +660,24 @@ class NodeSimulator:
             image_ids = {}
             pulled: list[tuple[str, str, float]] = []  # (container, image, seconds) pulled for this pod
             containers = (pod["spec"].get("initContainers") or []) + (pod["spec"].get("containers") or [])
-            unpullable = [(c["name"], c.get("image", ""), error) for c in containers
-                          if (error := pull_error(c.get("image", ""))) is not None]
-            if unpullable:
-                await self._pull_back_off(state, unpullable)
-                return
+            backoff: float | None = None
+            while True:  # images of the cluster's registry are tried again after each back-off, as the kubelet does
+                unpullable = [(c["name"], c.get("image", ""), error) for c in containers
+                              if (error := pull_error(c.get("image", ""))) is not None]
+                resolved = await self._resolve_registry_images(pod, containers, unpullable)
+                if not unpullable:
+                    break
+                retry = self.cfg.registry is not None and all(self.cfg.registry.serves(image)
+                                                              for _, image, _ in unpullable)
+                backoff = await self._pull_back_off(state, unpullable, backoff, once=retry)
             for c in containers:
                 image = c.get("image", "")
-                if image not in node.images:
-                    seconds = self.cfg.pull.pull_seconds(image, parallel)
+                known = resolved.get(image)
+                if image not in node.images or (known is not None and f"{image}@{known.digest}" not in node.images):
+                    seconds = self.cfg.pull.pull_seconds(image, parallel,
+                                                         None if known is None else known.size / 2**20)
+                    if known is not None:
+                        node.images.add(f"{image}@{known.digest}")  # a new digest behind the tag: pull again
                     delay += seconds
                     node.images.add(image)
                     pulled.append((c["name"], image, seconds))
@@ -672,12 +689,13 @@ class NodeSimulator:
                 else:
                     self._event(state, c["name"], "Normal", "Pulled",
                                 f'Container image "{image}" already present on machine')
-                image_ids[image] = image_id(image)
+                image_ids[image] = image_id(image) if known is None else f"{repository_of(image)}@{known.digest}"
             await asyncio.sleep(delay)
             for name, image, seconds in pulled:
                 took = _go_duration(seconds)
+                size = resolved[image].size if image in resolved else int(image_size_mb(image) * 2**20)
                 self._event(state, name, "Normal", "Pulled", f'Successfully pulled image "{image}" in {took} '
-                            f'({took} including waiting). Image size: {int(image_size_mb(image) * 2**20)} bytes.')
+                            f'({took} including waiting). Image size: {size} bytes.')
             for c in containers:
                 self._event(state, c["name"], "Normal", "Created", f"Created container: {c['name']}")
                 self._event(state, c["name"], "Normal", "Started", f"Started container {c['name']}")
@@ -698,11 +716,48 @@ class NodeSimulator:
         except asyncio.CancelledError:
             pass
 
-    async def _pull_back_off(self, state: PodState, unpullable: list[tuple[str, str, str]]) -> None:
-        """Pulls that fail for good: ErrImagePull, then ImagePullBackOff while the kubelet's image back-off
-        (the container restart policy's delays) runs, and again, until the pod is deleted (the task is
-        cancelled then)."""
-        delay = self.cfg.backoff.initial
+    async def _resolve_registry_images(self, pod: dict[str, Any], containers: list[dict[str, Any]],
+                                       unpullable: list[tuple[str, str, str]]) -> dict[str, ResolvedImage]:
+        """Images of the cluster's registry: tag → digest and size through its API (failures join
+        `unpullable` with containerd's message). The pod's dockerconfigjson imagePullSecrets come first."""
+        registry = self.cfg.registry
+        resolved: dict[str, ResolvedImage] = {}
+        if registry is None:
+            return resolved
+        credentials: list[tuple[str, str]] | None = None
+        for c in containers:
+            image = c.get("image", "")
+            if not registry.serves(image) or image in resolved:
+                continue
+            if credentials is None:
+                credentials = await self._pull_secret_credentials(pod, registry.host)
+            try:
+                resolved[image] = await registry.resolve(image, credentials)
+            except PullFailed as exc:
+                unpullable.append((c["name"], image, str(exc)))
+        return resolved
+
+    async def _pull_secret_credentials(self, pod: dict[str, Any], host: str) -> list[tuple[str, str]]:
+        """Credentials for `host` from the pod's imagePullSecrets, read through the API server as the kubelet
+        does; a missing or unreadable Secret is skipped (the node's own credentials still apply)."""
+        found: list[tuple[str, str]] = []
+        namespace = pod["metadata"].get("namespace", "default")
+        for ref in pod["spec"].get("imagePullSecrets") or []:
+            try:
+                secret = await self.client.get(f"/api/v1/namespaces/{namespace}/secrets/{ref.get('name', '')}")
+            except Exception:  # noqa: BLE001 - the kubelet logs and goes on without that secret
+                log.debug("cannot read imagePullSecret %s/%s", namespace, ref.get("name"))
+                continue
+            if secret.get("type") == "kubernetes.io/dockerconfigjson":
+                found.extend(dockerconfig_credentials(secret, host))
+        return found
+
+    async def _pull_back_off(self, state: PodState, unpullable: list[tuple[str, str, str]],
+                             delay: float | None = None, *, once: bool = False) -> float:
+        """Pulls that fail: ErrImagePull, then ImagePullBackOff while the kubelet's image back-off (the
+        container restart policy's delays) runs, and again, until the pod is deleted (the task is cancelled
+        then). With `once` (a pull that may succeed later), return the next delay after one round."""
+        delay = self.cfg.backoff.initial if delay is None else delay
         while True:
             for reason in ("ErrImagePull", "ImagePullBackOff"):
                 status = orjson.loads(orjson.dumps(state.status or {}))  # a copy: the last one may be in flight
@@ -721,6 +776,8 @@ class NodeSimulator:
                 self._desire(state, status)
                 await asyncio.sleep(0.5 if reason == "ErrImagePull" else delay)
             delay = min(delay * 2, self.cfg.backoff.maximum)
+            if once:
+                return delay
 
     def _schedule(self, state: PodState) -> None:
         """Wake the pod when one of its containers next has something due (containers.py timelines).

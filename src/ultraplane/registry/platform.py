@@ -16,6 +16,7 @@ Routes (admin: a token holding `registry:catalog:*`, which only users with `*=pu
   POST /ultraplane/v1/repositories/NAME/archive/DIGEST                 admin
   POST|GET /ultraplane/v1/repositories/NAME/restore/DIGEST             admin (202 + status / status)
   POST /ultraplane/v1/admission      AdmissionReview v1                anyone (a ValidatingWebhook)
+  GET  /ultraplane/v1/findings/NAME@DIGEST  scan findings (--advisories)   pull on the repository
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Platform:
         self._evaluator: asyncio.Task[None] | None = None
         self._lifecycle_lock = asyncio.Lock()  # the background evaluator and an API run never interleave
         self.authorize: Any = None  # set by RegistryApi: (request, scope) -> Grant | None
+        self.scanner: Any = None  # a scanonpush.PushScanner when the registry scans on push
 
     # -- persistence ----------------------------------------------------------------------------------------
 
@@ -138,7 +140,9 @@ class Platform:
         self.audit.append("push", who=self.who(grant), source=request.peer, repository=name, reference=reference,
                           digest=digest, mediaType=media_type)
         if subject is not None or (reference.startswith("sha") and reference.endswith((".sig", ".att", ".sbom"))):
-            return  # attachments (referrers, cosign tags) are never signed themselves
+            return  # attachments (referrers, cosign tags) are never signed (nor scanned) themselves
+        if self.scanner is not None and media_type in IMAGE_KINDS | INDEX_KINDS:
+            self.scanner.submit(name, digest, media_type)
         if media_type in IMAGE_KINDS | INDEX_KINDS and any(fnmatch.fnmatchcase(name, pattern)
                                                            for pattern in self.config.sign_repositories):
             self.sign(name, digest, self._host(request), who="registry", source=request.peer, policy=True)
@@ -349,6 +353,8 @@ class Platform:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self.scanner is not None:
+            await self.scanner.close()
         self._save("pulls.json", self.pulls)
         self.audit.close()
 
@@ -384,6 +390,15 @@ class Platform:
             self.audit.append("verify", who=self.who(grant), source=request.peer, repository=name,
                               reference=reference, digest=result.get("digest"), verified=result["verified"])
             return _json(200, result)
+        if path.startswith("/ultraplane/v1/findings/") and method == "GET" and self.scanner is not None:
+            name, _, digest = path.removeprefix("/ultraplane/v1/findings/").rpartition("@")
+            self.authorize(request, Scope("repository", check_name(name), ("pull",)))
+            parse_digest(digest)
+            found = self.scanner.findings(digest)
+            if found is None or found.get("repository") != name:
+                raise RegistryError("MANIFEST_UNKNOWN", {"digest": digest}, status=404,
+                                    message="no findings for this digest (not scanned, or no advisories loaded)")
+            return _json(200, found)
         grant = self._admin(request)
         who = self.who(grant)
         if path == "/ultraplane/v1/audit" and method == "GET":

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class RegistryConfig:
     max_uploads: int = 10_000
     max_blob_size: int = 0  # bytes; 0: no limit
     platform: PlatformConfig = field(default_factory=PlatformConfig)  # signing, lifecycle, admission
+    scan: bool = False  # SBOM (SPDX referrer) of every pushed image, in the background
+    advisories: str | None = None  # OSV directory or zip: findings per scanned digest
+    pki_dir: Path | None = None  # CA and serving certificate (default DATA_DIR/pki; `up` gives the cluster's)
 
 
 @dataclass
@@ -53,7 +57,7 @@ def prepare(config: RegistryConfig) -> RegistryFiles:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     ca_cert = server_cert = server_key = None
     if config.tls:
-        pki_dir = config.data_dir / "pki"
+        pki_dir = config.pki_dir or config.data_dir / "pki"
         ca = pki.ensure_ca(pki_dir)
         hosts = sorted({config.host, "localhost", "127.0.0.1"} - {"0.0.0.0", "::", ""})
         serving = pki.issue(ca, pki_dir, "registry-server", SERVICE, server_hosts=hosts)
@@ -69,6 +73,19 @@ def prepare(config: RegistryConfig) -> RegistryFiles:
                 f.write(admin_password + "\n")
         load_signing_key(config.data_dir / "auth" / "token.key")
     return RegistryFiles(ca_cert, server_cert, server_key, users_path, admin_password)
+
+
+def ensure_pull_user(data_dir: Path, name: str = "kubelet") -> Path:
+    """A user that may pull every repository, for a cluster's kubelets; its USER:PASSWORD file (0600)."""
+    path = data_dir / "auth" / f"{name}.credentials"
+    if not path.exists():
+        password = secrets.token_urlsafe(18)
+        UserStore(data_dir / "auth" / "users.json").set_user(name, password, ["*=pull"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{name}:{password}\n")
+    return path
 
 
 def build_api(config: RegistryConfig, storage: Storage) -> RegistryApi:
@@ -102,6 +119,10 @@ class Registry:
         self.platform = Platform(config.data_dir, self.storage, config.platform, fsync=config.fsync)
         self.platform.authorize = self.api._authorize
         self.api.platform = self.platform
+        if config.scan:
+            from ultraplane.registry.scanonpush import PushScanner
+
+            self.platform.scanner = PushScanner(self.storage, config.data_dir / "scan", config.advisories)
         self._server: asyncio.Server | None = None
         self._gc_task: asyncio.Task[None] | None = None
 
