@@ -16,6 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", os.path.expanduser("~/.kube/config")),
                         help="kubeconfig of the cluster (default: $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--fleet", metavar="DIR",
+                        help="a fleet (`ultraplane fleet up --data-dir DIR`): the fleet API is the default cluster "
+                             "and every tool's `cluster` argument names a member (\"*\": all, for list tools)")
     parser.add_argument("--context", help="kubeconfig context (default: its current-context)")
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio",
                         help="stdio (an MCP host starts the server) or streamable HTTP")
@@ -35,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="hash-chained JSON-lines audit log of every call (appended to)")
     parser.add_argument("--max-output-chars", type=int, default=60_000,
                         help="longest tool answer; longer ones are paged or truncated with a note")
+    parser.add_argument("--netobs", metavar="URL",
+                        help="an `ultraplane netobs` server: service-map and flow tools, flows in diagnose")
+    parser.add_argument("--advisories", metavar="PATH",
+                        help="OSV advisories (a directory of JSON files or an OSV zip) for image_inventory's cve")
+    parser.add_argument("--sbom-store", metavar="DIR",
+                        help="the registry scanner's SBOM store (registry-scan --store) for image_inventory's cve")
     parser.add_argument("--verify-audit", metavar="FILE", help="verify an audit log's hash chain and exit")
     parser.add_argument("--expect-head", metavar="HASH", help="with --verify-audit: the head hash recorded earlier")
     parser.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error", "panic", "fatal"])
@@ -54,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{'ok' if result.ok else 'TAMPERED'}: {result.entries} entries, head {result.head}")
         return 0 if result.ok else 1
+    if bool(args.advisories) != bool(args.sbom_store):
+        print("error: --advisories and --sbom-store go together", file=sys.stderr)
+        return 2
     if args.as_group and not args.as_user:
         print("error: --as-group needs --as", file=sys.stderr)
         return 2
@@ -69,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --callers: {exc}", file=sys.stderr)
         return 2
     config = Config(args.kubeconfig, Identity(args.as_user, tuple(args.as_group)), args.allow_write,
-                    args.allow_sensitive_data, args.audit_log, args.max_output_chars, args.context)
+                    args.allow_sensitive_data, args.audit_log, args.max_output_chars, args.context,
+                    fleet=args.fleet, netobs=args.netobs, advisories=args.advisories, sbom_store=args.sbom_store)
     try:
         app = build_server(config, args.transport, callers)
     except (OSError, ValueError) as exc:  # an unreadable kubeconfig or audit log: say which, no traceback

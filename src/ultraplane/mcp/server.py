@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,8 +24,11 @@ from mcp_types import INVALID_REQUEST
 from ultraplane.client import kubeconfig
 from ultraplane.mcp.audit import AuditLog
 from ultraplane.mcp.catalog import add_catalog
+from ultraplane.mcp.cves import CveIndex
 from ultraplane.mcp.evidence import Cluster
+from ultraplane.mcp.fleet import Fleet
 from ultraplane.mcp.kube import CALLER, CallerClient, Identity
+from ultraplane.mcp.observe import NetObs, add_observe_tools
 from ultraplane.mcp.toolenv import ToolEnv
 from ultraplane.mcp.tools import add_read_tools
 from ultraplane.mcp.writes import Writer
@@ -43,6 +47,10 @@ class Config:
     audit_log: str = "ultraplane-mcp-audit.jsonl"
     max_output_chars: int = DEFAULT_MAX_OUTPUT
     context: str | None = None
+    advisories: str | None = None  # OSV advisories (directory or zip) for image_inventory's cve
+    sbom_store: str | None = None  # the registry scanner's SBOM store directory
+    fleet: str | None = None  # `fleet up --data-dir`: the fleet API is the default cluster, members by name
+    netobs: str | None = None  # URL of an `ultraplane netobs` server: flow tools and flows in diagnose
 
 
 def _argument_digest(value: Any) -> Any:
@@ -123,20 +131,28 @@ class App:
     server: MCPServer[Any]
     client: CallerClient
     audit: AuditLog
+    netobs: NetObs | None = None
+    fleet: Fleet | None = None
 
     async def close(self) -> None:
         await self.client.close()
+        if self.fleet is not None:
+            await self.fleet.close()
+        if self.netobs is not None:
+            await self.netobs.close()
         self.audit.close()
 
 
 def build_server(config: Config, transport: str = "stdio", callers: dict[str, Identity] | None = None) -> App:
-    creds = kubeconfig.load(config.kubeconfig, config.context)
+    path = str(Path(config.fleet) / "fleet" / "kubeconfig") if config.fleet else config.kubeconfig
+    creds = kubeconfig.load(path, config.context)
     client = CallerClient(creds.server, creds.ssl_context, creds.token, config.identity, max_connections=8,
                           timeout=30.0)
     cluster = Cluster(client)
     writer = Writer(client, config.allow_write, config.allow_sensitive_data)
     audit = AuditLog(config.audit_log)
-    env = ToolEnv(client, cluster, config.max_output_chars, config.allow_sensitive_data)
+    fleet = Fleet(cluster) if config.fleet else None
+    env = ToolEnv(client, cluster, config.max_output_chars, config.allow_sensitive_data, fleet)
     mode = "read-write (each write is a dry run first, then confirmed by its hash)" if config.allow_write \
         else "read-only"
     server: MCPServer[Any] = MCPServer(
@@ -146,17 +162,22 @@ def build_server(config: Config, transport: str = "stdio", callers: dict[str, Id
             "a failing pod, workload or node; it gathers status, events, logs, the node, rollouts and config "
             "changes and names the likely cause with the runbook and the evidence. Use list_resources, "
             "get_resource, describe, events, pod_logs and metrics to look further, search_runbooks for "
-            f"procedures. This server is {mode}; it acts as "
+            "procedures, upgrade_insights before an upgrade, image_inventory (by image, digest or CVE), and "
+            "service_map, flows and top_flows for network traffic. "
+            f"{'Tools take a `cluster` argument naming a fleet member. ' if config.fleet else ''}This server is {mode}; it acts as "
             f"{'each HTTP caller itself' if callers is not None else config.identity.describe()}."),
         middleware=[call_middleware(audit, config.identity, transport, callers)],
         log_level="WARNING",
     )
 
-    add_read_tools(server, env)
+    netobs = NetObs(config.netobs) if config.netobs else None
+    cves = CveIndex(config.advisories, config.sbom_store) if config.advisories and config.sbom_store else None
+    add_read_tools(server, env, netobs, cves)
+    add_observe_tools(server, env, netobs)
     add_write_tools(server, env, writer)
     add_catalog(server, env, mode)
 
-    return App(server, client, audit)
+    return App(server, client, audit, netobs, fleet)
 
 
 class BearerGate:

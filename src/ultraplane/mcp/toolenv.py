@@ -11,6 +11,7 @@ from mcp_types import ToolAnnotations
 
 from ultraplane.client.http import ApiError
 from ultraplane.mcp.evidence import Cluster
+from ultraplane.mcp.fleet import ALL, Fleet
 from ultraplane.mcp.kube import CallerClient, UnknownKind
 from ultraplane.mcp.views import fit
 from ultraplane.mcp.writes import WriteRefused
@@ -26,6 +27,23 @@ class ToolEnv:
     cluster: Cluster
     max_chars: int  # the longest answer (--max-output-chars)
     sensitive: bool  # --allow-sensitive-data: Secret values shown
+    fleet: Fleet | None = None  # --fleet: member clusters by name
+
+    async def at(self, name: str | None) -> Cluster:
+        """The cluster a tool call names: none means the one the server was started on (the fleet API)."""
+        if not name:
+            return self.cluster
+        if self.fleet is None:
+            raise ValueError("the cluster argument needs the server started with --fleet DIR")
+        return await self.fleet.member(name)
+
+    async def targets(self, name: str | None) -> list[tuple[str | None, Cluster]]:
+        """`*` fans out to every member cluster of the fleet; anything else is one cluster."""
+        if name != ALL:
+            return [(name, await self.at(name))]
+        if self.fleet is None:
+            raise ValueError('cluster "*" needs the server started with --fleet DIR')
+        return [(member, await self.fleet.member(member)) for member in await self.fleet.names()]
 
     def out(self, value: Any) -> str:
         return fit(value, self.max_chars)
