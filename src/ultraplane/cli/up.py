@@ -271,6 +271,29 @@ async def start_children(commands: list[list[str]]) -> list[asyncio.subprocess.P
     return [await asyncio.create_subprocess_exec(*argv) for argv in commands]
 
 
+async def supervise(procs: list[asyncio.subprocess.Process], index: int, argv: list[str], stop: asyncio.Event) -> None:
+    """Restart a component that exits while `up` runs, as the kubelet restarts kube-system's static pods:
+    a scheduler or controller manager that lost its leader lease (its API server paused past the renew
+    deadline) exits, as kube's do, and must come back. Back-off doubles from 1 s to 30 s; a component
+    that ran for a minute starts again from 1 s."""
+    delay = 1.0
+    while not stop.is_set():
+        started = asyncio.get_running_loop().time()
+        code = await procs[index].wait()
+        if stop.is_set():
+            return
+        if asyncio.get_running_loop().time() - started > 60:
+            delay = 1.0
+        log.warning("%s exited with code %s; restarting in %.0f s", " ".join(argv[2:4]), code, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return
+        except TimeoutError:
+            pass
+        procs[index] = await asyncio.create_subprocess_exec(*argv)
+        delay = min(delay * 2, 30.0)
+
+
 async def stop_children(procs: list[asyncio.subprocess.Process]) -> None:
     for proc in reversed(procs):
         if proc.returncode is None:
@@ -301,13 +324,16 @@ async def serve(config: StoreConfig, before_serve: Callable[[StoreServer], Await
         await server.stop()
         return 1
     announce()
-    procs = await start_children(children or [])
     stop = asyncio.Event()
+    procs = await start_children(children or [])
+    watchers = [asyncio.create_task(supervise(procs, i, argv, stop)) for i, argv in enumerate(children or [])]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("received signal; shutting down")
+    for watcher in watchers:
+        watcher.cancel()
     await stop_children(procs)
     await api.stop()
     await server.stop()
